@@ -1,0 +1,59 @@
+"""Settings from `SHELFCAST_*` environment variables; every service reads the same ones.
+
+Nested values use a double underscore: `SHELFCAST_TOPICS__EVENTS=my.events`.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TopicNames(BaseModel):
+    events: str = "shelfcast.events"
+    events_dlq: str = "shelfcast.events.dlq"
+    features: str = "shelfcast.features"
+    forecasts: str = "shelfcast.forecasts"
+    reorders: str = "shelfcast.reorders"
+    prices: str = "shelfcast.prices"
+    receipts: str = "shelfcast.receipts"
+
+    def all(self) -> list[str]:
+        return list(self.model_dump().values())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHELFCAST_", env_nested_delimiter="__", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_partitions: int = Field(default=3, ge=1, le=256)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=16)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    state_dir: Path = Path(".shelfcast")
+    topics: TopicNames = TopicNames()
+
+    api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list of accepted API keys")
+    api_keys_file: Path | None = Field(default=None, description="a file with one API key per line")
+
+    ingest_port: int = Field(default=8080, ge=1, le=65535)
+    forecaster_port: int = Field(default=8081, ge=1, le=65535)
+    agent_metrics_port: int = Field(default=8082, ge=1, le=65535)
+    features_metrics_port: int = Field(default=8083, ge=1, le=65535)
+
+    def load_api_keys(self) -> set[str]:
+        """Keys from `SHELFCAST_API_KEYS` and, when set, `SHELFCAST_API_KEYS_FILE` (blank lines and # ignored)."""
+        keys = {k.get_secret_value() for k in self.api_keys}
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.add(line)
+        return keys
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build `Settings(...)` directly instead."""
+    return Settings()

@@ -1,0 +1,62 @@
+"""The Redis online feature store, behind a narrow interface (in the spirit of Feast's online store).
+
+Layout: one sorted set per SKU and granularity, `sc:feat:{sku}:{gran}`, members are the window records
+as JSON, scored by `window_end`. A write first removes whatever has the same `window_end`, so a replayed
+or late-updated window overwrites itself. Each key keeps the newest `depth` windows and expires after `ttl`.
+"""
+
+from collections.abc import Iterable
+
+import redis
+
+from shelfcast.contracts import FeatureWindow
+from shelfcast.errors import InfraUnavailable
+
+
+def feature_key(sku: str, granularity: str) -> str:
+    return f"sc:feat:{sku}:{granularity}"
+
+
+def connect_redis(url: str, timeout: float = 3.0) -> redis.Redis:
+    """A client that has answered PING, or `InfraUnavailable` naming the URL and what went wrong."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise InfraUnavailable(f"Redis unreachable at {url}: {exc}") from None
+    return client
+
+
+class FeatureStore:
+    def __init__(self, client: redis.Redis, depth: int = 2_000, ttl_seconds: int = 14 * 86_400) -> None:
+        self._redis = client
+        self.depth = depth
+        self.ttl_seconds = ttl_seconds
+
+    def write(self, windows: Iterable[FeatureWindow]) -> int:
+        """Upsert windows in one atomic round trip; returns how many were written."""
+        pipe = self._redis.pipeline(transaction=True)
+        touched: set[str] = set()
+        count = 0
+        for window in windows:
+            key = feature_key(window.sku, window.granularity)
+            pipe.zremrangebyscore(key, window.window_end, window.window_end)
+            pipe.zadd(key, {window.model_dump_json(): window.window_end})
+            touched.add(key)
+            count += 1
+        for key in touched:
+            pipe.zremrangebyrank(key, 0, -self.depth - 1)
+            pipe.expire(key, self.ttl_seconds)
+        if count:
+            pipe.execute()
+        return count
+
+    def latest(self, sku: str, granularity: str, n: int = 1) -> list[FeatureWindow]:
+        """The newest `n` windows, oldest first."""
+        raw = self._redis.zrange(feature_key(sku, granularity), 0, n - 1, desc=True)
+        return [FeatureWindow.model_validate_json(r) for r in reversed(raw)]
+
+    def history(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> list[FeatureWindow]:
+        """Windows whose `window_end` lies in [start_ms, end_ms], oldest first."""
+        raw = self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True)
+        return [FeatureWindow.model_validate_json(r) for r in raw]

@@ -1,0 +1,37 @@
+"""`shelfcast demo`, shortened, on servers of its own: what `make demo` runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shelfcast.infra import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_round_trips_every_event_and_dead_letters_the_poison(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SHELFCAST_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "SHELFCAST_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "SHELFCAST_STATE_DIR": str(tmp_path / "state"),
+    }
+    shelfcast = Path(sys.executable).with_name("shelfcast")
+    result = subprocess.run(
+        [shelfcast, "demo", "--events", "300", "--skus", "10"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "reports" / "demo" / "summary.json").read_text())
+    assert sum(summary["events_consumed_by_type"].values()) == summary["events_produced"] == 300
+    assert summary["dead_lettered"] == summary["poison_records_produced"] == 3
+    assert "stopped what the demo started: kafka, redis" in result.stdout
+    assert not (tmp_path / "state" / "demo" / "infra.json").exists()
