@@ -2,6 +2,7 @@
 
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,7 @@ app.add_typer(contracts_app, name="contracts")
 
 console = Console()
 DEFAULT_SCHEMA_DIR = Path("docs/contracts")
+SERVICE_GROUPS = {"simulate": "Simulators that feed the pipeline.", "bench": "Benchmarks that write JSON."}
 
 
 def _print_status(status: dict) -> None:
@@ -93,7 +95,22 @@ def demo(
     run_demo(get_settings(), skus=skus, events=events, console=console)
 
 
+def _add_service_commands() -> None:
+    """Services register their subcommands as `shelfcast.commands` entry points; the core imports none of them."""
+    groups: dict[str, typer.Typer] = {}
+    for entry in sorted(entry_points(group="shelfcast.commands"), key=lambda e: e.name):
+        group, _, name = entry.name.rpartition(".")
+        if not group:
+            app.add_typer(entry.load(), name=name)
+            continue
+        if group not in groups:
+            groups[group] = typer.Typer(no_args_is_help=True, help=SERVICE_GROUPS.get(group))
+            app.add_typer(groups[group], name=group)
+        groups[group].command(name)(entry.load())
+
+
 def main() -> None:
+    _add_service_commands()
     try:
         app()
     except ShelfcastError as exc:

@@ -1,0 +1,1 @@
+"""Ingest: storefront events over HTTP into `shelfcast.events`, and the storefront simulator."""

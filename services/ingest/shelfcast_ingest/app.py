@@ -1,0 +1,254 @@
+"""The ingest HTTP API: storefront events in, validated, onto `shelfcast.events`, acknowledged only once durable.
+
+`POST /v1/events` takes one event (a JSON object), a batch (a JSON array) or NDJSON
+(`Content-Type: application/x-ndjson`). Valid events are produced keyed by SKU with an idempotent,
+acks=all producer and the response waits for the broker's acknowledgement of every one of them, so a
+2xx means durable. Invalid events are listed, by index, with the field and the reason.
+"""
+
+import hmac
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import make_asgi_app
+from pydantic import BaseModel, Field, ValidationError
+
+from shelfcast.contracts import Event, field_errors
+from shelfcast.kafka import make_producer
+from shelfcast.settings import Settings, get_settings
+from shelfcast_ingest.metrics import (
+    DELIVERY_ERRORS,
+    EVENTS_ACCEPTED,
+    EVENTS_RECEIVED,
+    EVENTS_REJECTED,
+    QUEUE_DEPTH,
+    REQUEST_SECONDS,
+)
+from shelfcast_ingest.producer import AckedProducer, DeliveryFailed, QueueFull
+from shelfcast_ingest.settings import IngestSettings
+
+NDJSON = "application/x-ndjson"
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["ts"])
+    reason: str = Field(examples=["RFC 3339 timestamp needs a UTC offset (Z or +hh:mm)"])
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(description="position of the event in the request (line number - 1 for NDJSON)")
+    errors: list[FieldError]
+
+
+class IngestResponse(BaseModel):
+    accepted: int = Field(description="events acknowledged by the broker")
+    rejected: list[RejectedEvent]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["payload_too_large"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=exc.code, message=exc.message))
+    return JSONResponse(body.model_dump(), status_code=exc.status, headers=exc.headers)
+
+
+def _event_request_body() -> dict[str, Any]:
+    event = Event.model_json_schema(mode="validation")
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"oneOf": [event, {"type": "array", "items": event}]}},
+            NDJSON: {"schema": {"type": "string", "description": "one event JSON object per line"}},
+        },
+    }
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes, content_type: str) -> tuple[list[Any], list[RejectedEvent]]:
+    """The items of the request, and the NDJSON lines that are not JSON (as rejections)."""
+    if content_type.split(";")[0].strip().lower() == NDJSON:
+        items: list[Any] = []
+        bad_lines = []
+        for index, line in enumerate(body.splitlines()):
+            try:
+                items.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                items.append(None)
+                bad_lines.append(RejectedEvent(index=index, errors=[FieldError(field="(line)", reason=str(exc))]))
+        return items, bad_lines
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    if isinstance(parsed, dict):
+        return [parsed], []
+    if isinstance(parsed, list):
+        return parsed, []
+    raise ApiError(400, "malformed_request", "body must be an event object or an array of events")
+
+
+def _validate(items: list[Any], bad_lines: list[RejectedEvent]) -> tuple[list[Event], list[RejectedEvent]]:
+    skip = {r.index for r in bad_lines}
+    accepted, rejected = [], list(bad_lines)
+    for index, item in enumerate(items):
+        if index in skip:
+            continue
+        try:
+            accepted.append(Event.model_validate(item))
+        except ValidationError as exc:
+            rejected.append(RejectedEvent(index=index, errors=[FieldError(**e) for e in field_errors(exc)]))
+    return accepted, sorted(rejected, key=lambda r: r.index)
+
+
+_EVENT_TYPES = {"view", "click", "cart", "purchase", "return"}
+
+
+def _has_known_type(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") in _EVENT_TYPES
+
+
+def _count_received(items: list[Any], rejected: list[RejectedEvent]) -> None:
+    types = Counter(
+        i.get("type") if isinstance(i, dict) and i.get("type") in _EVENT_TYPES else "unknown" for i in items
+    )
+    for kind, n in types.items():
+        EVENTS_RECEIVED.labels(type=kind).inc(n)
+    # The first failing field is the reason; labels stay bounded to the contract's own field names.
+    reasons = Counter(r.errors[0].field.split(".")[0] for r in rejected)
+    for field, n in reasons.items():
+        EVENTS_REJECTED.labels(reason=field if field in _REASON_FIELDS else "other").inc(n)
+
+
+_REASON_FIELDS = set(Event.model_fields) | {"(line)", "(record)"}
+
+
+def create_app(settings: Settings | None = None, ingest: IngestSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    ingest = ingest or IngestSettings()
+    api_keys = [k.encode() for k in settings.load_api_keys()]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        producer = AckedProducer(make_producer(settings, **{"queue.buffering.max.messages": ingest.queue_max_events}))
+        app.state.producer = producer
+        QUEUE_DEPTH.set_function(producer.queue_depth)
+        yield
+        producer.close()
+
+    app = FastAPI(
+        title="Shelfcast ingest",
+        version="1",
+        lifespan=lifespan,
+        description="Storefront events into Shelfcast. Every accepted event is durable when the response arrives.",
+    )
+    app.mount("/metrics", make_asgi_app())
+    app.add_exception_handler(ApiError, lambda _request, exc: _error_response(exc))  # type: ignore[arg-type]
+
+    @app.middleware("http")
+    async def time_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        REQUEST_SECONDS.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    def require_api_key(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        presented = token.strip().encode()
+        # Compare against every key, without stopping early, so timing says nothing about which matched.
+        matched = False
+        for key in api_keys:
+            matched |= hmac.compare_digest(presented, key)
+        if scheme.lower() != "bearer" or not presented or not matched:
+            raise ApiError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)")
+
+    errors = {
+        400: {"model": ErrorResponse, "description": "malformed JSON or not an event / array"},
+        401: {"model": ErrorResponse, "description": "missing or invalid API key"},
+        413: {"model": ErrorResponse, "description": "body or event count over the limit"},
+        422: {"model": IngestResponse, "description": "every event was invalid"},
+        503: {"model": ErrorResponse, "description": "broker slow or unavailable: retry after Retry-After"},
+    }
+
+    @app.post(
+        "/v1/events",
+        response_model=IngestResponse,
+        responses=errors,  # type: ignore[arg-type]
+        openapi_extra={"requestBody": _event_request_body()},
+        summary="Send one event, a JSON array of events, or NDJSON",
+    )
+    async def post_events(request: Request, _auth: Annotated[None, Depends(require_api_key)]) -> Response:
+        body = await _read_body(request, ingest.max_body_bytes)
+        items, bad_lines = _parse(body, request.headers.get("content-type", "application/json"))
+        if not items:
+            raise ApiError(400, "empty_batch", "no events in the request")
+        if len(items) > ingest.max_events:
+            raise ApiError(413, "too_many_events", f"{len(items)} events is over the limit of {ingest.max_events}")
+        accepted, rejected = _validate(items, bad_lines)
+        _count_received(items, rejected)
+        if not accepted:
+            return JSONResponse(IngestResponse(accepted=0, rejected=rejected).model_dump(), status_code=422)
+        records = [(e.kafka_key, e.to_bytes()) for e in accepted]
+        try:
+            await request.app.state.producer.send_batch(settings.topics.events, records)
+        except QueueFull as exc:
+            raise ApiError(503, "backpressure", str(exc), headers={"Retry-After": "1"}) from None
+        except DeliveryFailed as exc:
+            DELIVERY_ERRORS.inc()
+            raise ApiError(503, "not_acknowledged", str(exc), headers={"Retry-After": "1"}) from None
+        for kind, n in Counter(e.type for e in accepted).items():
+            EVENTS_ACCEPTED.labels(type=kind).inc(n)
+        return JSONResponse(IngestResponse(accepted=len(accepted), rejected=rejected).model_dump())
+
+    @app.get("/healthz", summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The broker answers and the events topic exists", responses={503: {}})
+    def readyz(request: Request) -> JSONResponse:
+        try:
+            topics = request.app.state.producer.list_topics(timeout=2.0).topics
+        except Exception as exc:  # any client error means: not ready
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        if settings.topics.events not in topics:
+            return JSONResponse({"status": "unavailable", "reason": f"no topic {settings.topics.events}"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory: `uvicorn --factory shelfcast_ingest.app:app_from_env`."""
+    return create_app()
