@@ -16,13 +16,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from shelfcast_ingest.app import create_app
-from shelfcast_ingest.settings import IngestSettings
 
 from shelfcast.contracts import Event
 from shelfcast.infra import free_port
 from shelfcast.kafka import ensure_topics, make_consumer
 from shelfcast.settings import Settings, TopicNames
+from shelfcast_ingest.app import create_app
+from shelfcast_ingest.settings import IngestSettings
 
 pytestmark = pytest.mark.integration
 

@@ -135,13 +135,11 @@ _EVENT_TYPES = {"view", "click", "cart", "purchase", "return"}
 
 
 def _has_known_type(item: Any) -> bool:
-    return isinstance(item, dict) and item.get("type") in _EVENT_TYPES
+    return isinstance(item, dict) and isinstance(item.get("type"), str) and item["type"] in _EVENT_TYPES
 
 
 def _count_received(items: list[Any], rejected: list[RejectedEvent]) -> None:
-    types = Counter(
-        i.get("type") if isinstance(i, dict) and i.get("type") in _EVENT_TYPES else "unknown" for i in items
-    )
+    types = Counter(item["type"] if _has_known_type(item) else "unknown" for item in items)
     for kind, n in types.items():
         EVENTS_RECEIVED.labels(type=kind).inc(n)
     # The first failing field is the reason; labels stay bounded to the contract's own field names.
