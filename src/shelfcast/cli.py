@@ -86,13 +86,13 @@ def contracts_check(directory: Path = DEFAULT_SCHEMA_DIR) -> None:
 
 @app.command("demo")
 def demo(
-    skus: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    events: Annotated[int, typer.Option(min=1, max=1_000_000)] = 5_000,
+    skus: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    days: Annotated[int, typer.Option(min=1, max=365)] = 30,
 ) -> None:
     """Run what is built of the pipeline on the embedded broker and Redis, then stop what it started."""
     from shelfcast.demo import run_demo
 
-    run_demo(get_settings(), skus=skus, events=events, console=console)
+    run_demo(get_settings(), skus=skus, days=days, console=console)
 
 
 def _add_service_commands() -> None:

@@ -13,8 +13,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -79,20 +83,42 @@ def _port_open(host: str, port: int) -> bool:
     return True
 
 
-def _spawn(name: str, argv: list[str], address: str, port: int, log: Path) -> ManagedProcess:
+def _spawn(
+    name: str,
+    argv: list[str],
+    address: str,
+    log: Path,
+    ready: Callable[[], bool],
+    env: dict[str, str] | None = None,
+    timeout: float = 15.0,
+) -> ManagedProcess:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        # A session of its own: the server outlives this command and ignores the terminal's Ctrl-C.
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # A session of its own: the process outlives this command and ignores the terminal's Ctrl-C.
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     proc = ManagedProcess(name, popen.pid, argv[0], address, str(log))
-    deadline = time.monotonic() + 15
-    while not _port_open("127.0.0.1", port):
+    deadline = time.monotonic() + timeout
+    while not ready():
         if popen.poll() is not None or time.monotonic() > deadline:
             proc.stop()
             tail = log.read_text(errors="replace")[-500:].strip().replace("\n", " | ")
-            raise ShelfcastError(f"embedded {name} did not start on port {port} (log {log}: {tail})")
-        time.sleep(0.05)
+            raise ShelfcastError(f"{name} did not start (log {log}: {tail})")
+        time.sleep(0.1)
     return proc
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_service(name: str, args: list[str], env: dict[str, str], ready_url: str, log: Path) -> ManagedProcess:
+    """Run `shelfcast ARGS` in the background with `env` added; returns once `ready_url` answers 200."""
+    argv = [sys.executable, "-m", "shelfcast", *args]
+    return _spawn(name, argv, ready_url, log, lambda: _http_ok(ready_url), {**os.environ, **env}, timeout=120)
 
 
 def kafka_binary() -> str:
@@ -114,7 +140,8 @@ def start_kafka(port: int, log_dir: Path) -> ManagedProcess:
     listener = f"tcp://127.0.0.1:{port}"
     argv = [kafka_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener]
     argv += ["--storage-engine", "memory://tansu/"]
-    return _spawn("kafka", argv, f"127.0.0.1:{port}", port, log_dir / f"kafka-{port}.log")
+    ready = partial(_port_open, "127.0.0.1", port)
+    return _spawn("kafka", argv, f"127.0.0.1:{port}", log_dir / f"kafka-{port}.log", ready)
 
 
 def start_redis(port: int, work_dir: Path) -> ManagedProcess:
@@ -122,7 +149,8 @@ def start_redis(port: int, work_dir: Path) -> ManagedProcess:
     data.mkdir(parents=True, exist_ok=True)
     argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     argv += ["--dir", str(data.resolve())]
-    return _spawn("redis", argv, f"redis://127.0.0.1:{port}/0", port, work_dir / f"redis-{port}.log")
+    ready = partial(_port_open, "127.0.0.1", port)
+    return _spawn("redis", argv, f"redis://127.0.0.1:{port}/0", work_dir / f"redis-{port}.log", ready)
 
 
 class Infra:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from shelfcast.infra import free_port
+from shelfcast_ingest.storefront import Storefront, StorefrontConfig
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_round_trips_every_event_and_dead_letters_the_poison(tmp_path: Path) -> None:
+def test_demo_delivers_every_simulated_event_through_ingest_and_dead_letters_the_poison(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "SHELFCAST_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
@@ -22,7 +23,7 @@ def test_demo_round_trips_every_event_and_dead_letters_the_poison(tmp_path: Path
     }
     shelfcast = Path(sys.executable).with_name("shelfcast")
     result = subprocess.run(
-        [shelfcast, "demo", "--events", "300", "--skus", "10"],
+        [shelfcast, "demo", "--skus", "10", "--days", "2"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -31,7 +32,10 @@ def test_demo_round_trips_every_event_and_dead_letters_the_poison(tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "reports" / "demo" / "summary.json").read_text())
-    assert sum(summary["events_consumed_by_type"].values()) == summary["events_produced"] == 300
-    assert summary["dead_lettered"] == summary["poison_records_produced"] == 3
-    assert "stopped what the demo started: kafka, redis" in result.stdout
+    sent = sum(
+        1 for _ in Storefront(StorefrontConfig(skus=10, days=2, duplicate_rate=0.01, disorder_rate=0.02)).events()
+    )
+    assert summary["events_on_topic"] == sum(summary["events_by_type"].values()) == sent
+    assert summary["dead_lettered"] == summary["poison_records_written"] == 3
+    assert "stopped what the demo started: ingest, kafka, redis" in result.stdout
     assert not (tmp_path / "state" / "demo" / "infra.json").exists()

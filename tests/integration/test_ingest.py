@@ -4,8 +4,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from shelfcast.contracts import Event
-from shelfcast.infra import free_port
+from shelfcast.infra import ManagedProcess, free_port, start_service
 from shelfcast.kafka import ensure_topics, make_consumer
 from shelfcast.settings import Settings, TopicNames
 from shelfcast_ingest.app import create_app
@@ -182,25 +180,14 @@ def test_readyz_is_503_when_the_broker_is_gone(settings: Settings) -> None:
         assert client.get("/healthz").status_code == 200
 
 
-def serve(scoped: Settings, port: int, tmp_path: Path) -> subprocess.Popen:
+def serve(scoped: Settings, port: int, tmp_path: Path) -> ManagedProcess:
     env = {
-        **os.environ,
         "SHELFCAST_KAFKA_BOOTSTRAP": scoped.kafka_bootstrap,
         "SHELFCAST_TOPICS__EVENTS": scoped.topics.events,
         "SHELFCAST_API_KEYS": json.dumps([KEY]),
     }
-    shelfcast = Path(sys.executable).with_name("shelfcast")
-    log = (tmp_path / f"ingest-{port}.log").open("ab")
-    proc = subprocess.Popen([shelfcast, "ingest", "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"ingest did not become ready: {(tmp_path / f'ingest-{port}.log').read_text()[-2000:]}")
+    ready = f"http://127.0.0.1:{port}/readyz"
+    return start_service("ingest", ["ingest", "serve", "--port", str(port)], env, ready, tmp_path / "ingest.log")
 
 
 def test_a_killed_and_restarted_service_loses_no_acknowledged_event(scoped: Settings, tmp_path: Path) -> None:
@@ -230,15 +217,14 @@ def test_a_killed_and_restarted_service_loses_no_acknowledged_event(scoped: Sett
     sender.start()
     try:
         wait_for_acks(500)
-        proc.send_signal(signal.SIGKILL)  # mid-stream, requests in flight
-        proc.wait(10)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream, requests in flight
+        proc.stop()  # waits until it is gone
         proc = serve(scoped, port, tmp_path)
         wait_for_acks(len(acknowledged) + 500)
     finally:
         stop.set()
         sender.join(30)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        proc.stop()
     assert len(acknowledged) >= 1_000
     on_topic = {e.event_id for _, e in topic_events(scoped, len(acknowledged))}
     assert set(acknowledged) <= on_topic

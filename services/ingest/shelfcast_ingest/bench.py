@@ -10,8 +10,6 @@
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from shelfcast.contracts import Event
-from shelfcast.infra import free_port, start_kafka
+from shelfcast.infra import ManagedProcess, free_port, start_kafka, start_service
 from shelfcast.kafka import ensure_topics, make_producer
 from shelfcast.settings import Settings
 from shelfcast_ingest.storefront import Storefront, StorefrontConfig
@@ -99,24 +97,11 @@ def _client(base_url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30, limits=httpx.Limits(max_connections=16))
 
 
-def _serve(settings: Settings, port: int, log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SHELFCAST_API_KEYS": json.dumps([BENCH_KEY]),
-    }
-    shelfcast = Path(sys.executable).with_name("shelfcast")
-    with log.open("ab") as out:
-        proc = subprocess.Popen([shelfcast, "ingest", "serve", "--port", str(port)], env=env, stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"ingest did not become ready; see {log}")
+def _serve(settings: Settings, base_url: str, log_dir: Path) -> ManagedProcess:
+    env = {"SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "SHELFCAST_API_KEYS": json.dumps([BENCH_KEY])}
+    port = base_url.rsplit(":", 1)[1]
+    args = ["ingest", "serve", "--port", port]
+    return start_service("ingest", args, env, f"{base_url}/readyz", log_dir / "ingest.log")
 
 
 def run_bench(events: int, batch: int, in_flight: int, load: float, load_seconds: float) -> dict:
@@ -130,16 +115,14 @@ def run_bench(events: int, batch: int, in_flight: int, load: float, load_seconds
             bodies = [orjson.dumps(sample[i : i + batch]) for i in range(0, len(sample), batch)]
             with Progress() as progress:
                 raw = _raw_rate(settings, sample, progress)
-                port = free_port()
-                server = _serve(settings, port, Path(tmp) / "ingest.log")
-                base_url = f"http://127.0.0.1:{port}"
+                base_url = f"http://127.0.0.1:{free_port()}"
+                server = _serve(settings, base_url, Path(tmp))
                 http_seconds = asyncio.run(_http_rate(base_url, bodies, in_flight, progress))
                 offered = [bodies[i % len(bodies)] for i in range(int(load * load_seconds))]
                 latencies = np.array(asyncio.run(_latencies(base_url, offered, load, progress))) * 1000
         finally:
             if server is not None:
-                server.terminate()
-                server.wait(30)
+                server.stop()
             broker.stop()
     http = len(sample) / http_seconds
     p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))

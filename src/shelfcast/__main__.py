@@ -1,0 +1,3 @@
+from shelfcast.cli import main
+
+main()
