@@ -32,6 +32,8 @@ _MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 def to_epoch_ms(value: Any) -> int:
     """Accept epoch milliseconds or an RFC 3339 string with a UTC offset; return UTC epoch ms."""
+    if type(value) is int and _MIN_TS_MS <= value < _MAX_TS_MS:
+        return value  # the common case first: this runs for every event
     if isinstance(value, bool):
         raise ValueError("must be epoch milliseconds or an RFC 3339 timestamp, not a boolean")
     if isinstance(value, float):

@@ -1,5 +1,7 @@
 """`shelfcast bench ingest`: the HTTP path against the raw producer, measured in one run on one broker.
 
+Each rate is measured `--rounds` times and the median reported (this 2-core machine is noisy).
+
 1. raw: pre-serialised events through a bare confluent-kafka producer (same config: idempotent, acks=all,
    lz4), timed to the last acknowledgement: the ceiling for anything we put in front of it.
 2. http: the same events as 500-event JSON batches to a real `shelfcast ingest serve` process, several
@@ -10,6 +12,7 @@
 import asyncio
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -97,14 +100,16 @@ def _client(base_url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30, limits=httpx.Limits(max_connections=16))
 
 
-def _serve(settings: Settings, base_url: str, log_dir: Path) -> ManagedProcess:
+def _serve(settings: Settings, base_url: str, log_dir: Path, workers: int) -> ManagedProcess:
     env = {"SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "SHELFCAST_API_KEYS": json.dumps([BENCH_KEY])}
     port = base_url.rsplit(":", 1)[1]
-    args = ["ingest", "serve", "--port", port]
+    args = ["ingest", "serve", "--port", port, "--workers", str(workers)]
     return start_service("ingest", args, env, f"{base_url}/readyz", log_dir / "ingest.log")
 
 
-def run_bench(events: int, batch: int, in_flight: int, load: float, load_seconds: float) -> dict:
+def run_bench(
+    events: int, batch: int, in_flight: int, load: float, load_seconds: float, rounds: int, workers: int
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="shelfcast-bench-") as tmp:
         broker = start_kafka(free_port(), Path(tmp))
         settings = Settings(kafka_bootstrap=broker.address, state_dir=Path(tmp))
@@ -114,10 +119,12 @@ def run_bench(events: int, batch: int, in_flight: int, load: float, load_seconds
             sample = _events(events)
             bodies = [orjson.dumps(sample[i : i + batch]) for i in range(0, len(sample), batch)]
             with Progress() as progress:
-                raw = _raw_rate(settings, sample, progress)
+                raw = statistics.median(_raw_rate(settings, sample, progress) for _ in range(rounds))
                 base_url = f"http://127.0.0.1:{free_port()}"
-                server = _serve(settings, base_url, Path(tmp))
-                http_seconds = asyncio.run(_http_rate(base_url, bodies, in_flight, progress))
+                server = _serve(settings, base_url, Path(tmp), workers)
+                http_seconds = statistics.median(
+                    asyncio.run(_http_rate(base_url, bodies, in_flight, progress)) for _ in range(rounds)
+                )
                 offered = [bodies[i % len(bodies)] for i in range(int(load * load_seconds))]
                 latencies = np.array(asyncio.run(_latencies(base_url, offered, load, progress))) * 1000
         finally:
@@ -128,8 +135,11 @@ def run_bench(events: int, batch: int, in_flight: int, load: float, load_seconds
     p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
     return {
         "events": len(sample),
+        "rounds": rounds,
+        "how": "median of the rounds for each rate; both rates on the same broker in the same run",
         "batch_size": batch,
         "requests_in_flight": in_flight,
+        "ingest_workers": workers,
         "raw_producer_events_per_s": round(raw),
         "http_acked_events_per_s": round(http),
         "http_to_raw_ratio": round(http / raw, 3),
@@ -152,9 +162,11 @@ def bench_ingest(
     in_flight: Annotated[int, typer.Option(min=1, max=64, help="Concurrent requests in the throughput run.")] = 4,
     load: Annotated[float, typer.Option(min=0.1, help="Offered batches per second in the latency run.")] = 20.0,
     load_seconds: Annotated[float, typer.Option(min=1)] = 15.0,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="Repeat each rate; the median is reported.")] = 3,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Ingest worker processes.")] = 1,
 ) -> None:
     """Raw producer rate vs HTTP -> acked rate, and batch latency p50/p99 at a fixed offered load."""
-    result = run_bench(events, batch, in_flight, load, load_seconds)
+    result = run_bench(events, batch, in_flight, load, load_seconds, rounds, workers)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2))
     Console().print_json(data=result)
