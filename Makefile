@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FLINK_LIBS := shigawire-apache-flink-libraries==2.0.0.post1
 
 .PHONY: demo test lint venv clean
 
@@ -13,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Flink's Kafka connector jars, outside site-packages: its other jars would sit beside pyflink's own.
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/flink-libs $(FLINK_LIBS)
 	touch $@
 
 demo: $(STAMP)

@@ -26,13 +26,13 @@ from pydantic import (
 from shelfcast.errors import ContractError
 from shelfcast.settings import TopicNames
 
-_MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
-_MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MIN_TS_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_TS_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 def to_epoch_ms(value: Any) -> int:
     """Accept epoch milliseconds or an RFC 3339 string with a UTC offset; return UTC epoch ms."""
-    if type(value) is int and _MIN_TS_MS <= value < _MAX_TS_MS:
+    if type(value) is int and MIN_TS_MS <= value < MAX_TS_MS:
         return value  # the common case first: this runs for every event
     if isinstance(value, bool):
         raise ValueError("must be epoch milliseconds or an RFC 3339 timestamp, not a boolean")
@@ -54,7 +54,7 @@ def to_epoch_ms(value: Any) -> int:
         value = round(value.timestamp() * 1000)
     if not isinstance(value, int):
         raise ValueError("must be epoch milliseconds or an RFC 3339 timestamp")
-    if not _MIN_TS_MS <= value < _MAX_TS_MS:
+    if not MIN_TS_MS <= value < MAX_TS_MS:
         raise ValueError("outside 2000-01-01..2100-01-01 (is it in seconds instead of milliseconds?)")
     return value
 

@@ -1,0 +1,1 @@
+"""The streaming features job: storefront events -> per-SKU event-time windows in Redis and on Kafka."""

@@ -1,0 +1,141 @@
+"""The SQL of the features job. Everything per event runs here, in Flink's Java runtime.
+
+Why SQL and not the Python DataStream API: a Python function per event crosses into a Python worker
+for every record (1-3k events/s measured here), while parsing, validation, dedupe and windowing in SQL
+stay in the JVM (tens of thousands per second per core). Python sees one row per window update only.
+
+Pipeline (one statement set, so the source and the parse are shared):
+    raw Kafka records --parse/validate--> invalid  -> dead-letter topic
+                                       -> valid --dedupe event_id--> too late for a window -> dead-letter topic
+                                                                  -> tumbling windows per SKU and granularity
+The windows are legacy group windows (`GROUP BY TUMBLE`) because only they support allowed lateness
+(`table.exec.emit.allow-lateness` with late firing): a late event within it re-emits its window.
+"""
+
+from shelfcast.contracts import MAX_TS_MS, MIN_TS_MS
+from shelfcast_features.settings import FeatureJobSettings, granularity_ms
+
+EVENT_TYPES = ("view", "click", "cart", "purchase", "return")
+_SQL_UNITS = {"s": "SECOND", "m": "MINUTE", "h": "HOUR", "d": "DAY"}
+
+
+def interval(granularity: str) -> str:
+    """'5m' -> INTERVAL '5' MINUTE."""
+    return f"INTERVAL '{granularity[:-1]}' {_SQL_UNITS[granularity[-1]]}"
+
+
+def source_table(topic: str, bootstrap: str, group_id: str, job: FeatureJobSettings) -> str:
+    return f"""
+CREATE TEMPORARY TABLE events_raw (
+  `raw` STRING,
+  `topic` STRING METADATA VIRTUAL,
+  `partition` INT METADATA VIRTUAL,
+  `offset` BIGINT METADATA VIRTUAL,
+  ts AS TRY_CAST(JSON_VALUE(`raw`, '$.ts') AS BIGINT),
+  rowtime AS TO_TIMESTAMP_LTZ(COALESCE(TRY_CAST(JSON_VALUE(`raw`, '$.ts') AS BIGINT), 0), 3),
+  proc AS PROCTIME(),
+  WATERMARK FOR rowtime AS rowtime - INTERVAL '{job.out_of_orderness_ms / 1000:.3f}' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{topic}',
+  'properties.bootstrap.servers' = '{bootstrap}',
+  'properties.group.id' = '{group_id}',
+  'scan.startup.mode' = 'earliest-offset',
+  'format' = 'raw'
+)"""
+
+
+def dead_letter_table(topic: str, bootstrap: str) -> str:
+    return f"""
+CREATE TEMPORARY TABLE dead_letters (
+  schema_version INT, raw_b64 STRING, reason STRING, source_topic STRING, source_partition INT,
+  source_offset BIGINT, stage STRING, failed_at BIGINT
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{topic}',
+  'properties.bootstrap.servers' = '{bootstrap}',
+  'format' = 'json',
+  'sink.delivery-guarantee' = 'at-least-once'
+)"""
+
+
+# The reason an event breaks the contract, or NULL. Mirrors `shelfcast.contracts.Event` on the wire
+# (where `ts` is already epoch milliseconds); the first broken field is reported.
+PARSED_VIEW = f"""
+CREATE TEMPORARY VIEW parsed AS
+SELECT *,
+  CASE
+    WHEN NOT (`raw` IS JSON OBJECT) THEN 'not a JSON object'
+    WHEN event_id IS NULL OR CHAR_LENGTH(event_id) > 128 THEN 'event_id: missing or longer than 128'
+    WHEN event_type IS NULL OR event_type NOT IN ({", ".join(f"'{t}'" for t in EVENT_TYPES)})
+      THEN 'type: missing or not one of {"|".join(EVENT_TYPES)}'
+    WHEN sku IS NULL OR NOT REGEXP(sku, '^[A-Za-z0-9][A-Za-z0-9._/-]{{0,63}}$') THEN 'sku: missing or not a valid SKU'
+    WHEN ts IS NULL OR ts < {MIN_TS_MS} OR ts >= {MAX_TS_MS} THEN 'ts: missing or not epoch milliseconds'
+    WHEN qty IS NULL OR qty < 0 OR qty > 100000 THEN 'qty: missing or not an integer in 0..100000'
+    WHEN price IS NULL OR price < 0 OR price > 10000000 THEN 'price: missing or not a number in 0..1e7'
+    WHEN currency IS NULL OR NOT REGEXP(currency, '^[A-Z]{{3}}$') THEN 'currency: missing or not 3 capitals'
+  END AS error
+FROM (
+  SELECT `raw`, `topic`, `partition`, `offset`, ts, rowtime, proc,
+    JSON_VALUE(`raw`, '$.event_id') AS event_id,
+    JSON_VALUE(`raw`, '$.type') AS event_type,
+    JSON_VALUE(`raw`, '$.sku') AS sku,
+    TRY_CAST(JSON_VALUE(`raw`, '$.qty') AS INT) AS qty,
+    TRY_CAST(JSON_VALUE(`raw`, '$.price') AS DOUBLE) AS price,
+    JSON_VALUE(`raw`, '$.currency') AS currency
+  FROM events_raw
+)"""
+
+
+# First delivery of each event_id wins; duplicates are dropped (state kept for `table.exec.state.ttl`).
+# Flink 2.0's planner takes this Rank for an updating stream although it only ever inserts (FLINK-37005,
+# fixed in 2.1); the job hands it through a DataStream declared insert-only (see `job.insert_only`).
+FIRST_DELIVERIES = """
+SELECT `raw`, `topic`, `partition`, `offset`, ts, rowtime, event_type, sku, qty, price FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc) AS first_seen
+  FROM parsed WHERE error IS NULL
+) WHERE first_seen = 1"""
+
+
+def _too_late(granularity: str, job: FeatureJobSettings) -> str:
+    """True when the event's window has closed for good (Flink's legacy window drops it then)."""
+    size = granularity_ms(granularity)
+    cleanup = f"ts - MOD(ts, {size}) + {size} - 1 + {job.allowed_lateness_ms}"
+    return f"COALESCE(TO_TIMESTAMP_LTZ({cleanup}, 3) <= CURRENT_WATERMARK(event_time), FALSE)"
+
+
+def dead_letter_insert(job: FeatureJobSettings) -> str:
+    invalid = """
+SELECT 1, TO_BASE64(`raw`), error, `topic`, `partition`, `offset`, 'features', UNIX_TIMESTAMP() * 1000
+FROM parsed WHERE error IS NOT NULL"""
+    late = [
+        f"""
+SELECT 1, TO_BASE64(`raw`), 'late: the {g} window of this event closed (watermark past its end + allowed lateness)',
+  `topic`, `partition`, `offset`, 'features', UNIX_TIMESTAMP() * 1000
+FROM deduped WHERE {_too_late(g, job)}"""
+        for g in job.granularities
+    ]
+    return "INSERT INTO dead_letters" + "\nUNION ALL".join([invalid, *late])
+
+
+def windows_query(job: FeatureJobSettings) -> str:
+    """One row per window and update: the `FeatureWindow` contract's fields (ratios are computed in Python)."""
+    parts = []
+    for g in job.granularities:
+        size = granularity_ms(g)
+        parts.append(f"""
+SELECT sku, '{g}' AS granularity,
+  MIN(ts - MOD(ts, {size})) AS window_start,
+  MIN(ts - MOD(ts, {size})) + {size} AS window_end,
+  SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS `views`,
+  SUM(CASE WHEN event_type = 'click' THEN 1 ELSE 0 END) AS `clicks`,
+  SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS `carts`,
+  SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS `purchases`,
+  SUM(CASE WHEN event_type = 'return' THEN 1 ELSE 0 END) AS `returns`,
+  SUM(CASE WHEN event_type = 'purchase' THEN qty ELSE 0 END) AS `units`,
+  SUM(CASE WHEN event_type = 'return' THEN qty ELSE 0 END) AS `returned_units`,
+  SUM(CASE WHEN event_type = 'purchase' THEN qty * price ELSE 0 END) AS `revenue`
+FROM deduped
+WHERE NOT {_too_late(g, job)}
+GROUP BY sku, TUMBLE(event_time, {interval(g)})""")
+    return "\nUNION ALL".join(parts)
