@@ -24,7 +24,9 @@ class FeatureJobSettings(BaseSettings):
     out_of_orderness_ms: int = Field(default=5_000, ge=0, description="watermark delay behind the newest event")
     allowed_lateness_ms: int = Field(default=60_000, ge=0, description="late events within this update their window")
     dedupe_ttl_hours: int = Field(default=24, ge=1, description="how long an event_id is remembered")
-    idle_timeout_ms: int = Field(default=2_000, ge=100, description="a partition silent this long holds no watermark")
+    # Too short, and while catching up on a backlog the partition read first runs the watermark past the
+    # others' records, which then count as late. Too long, and one silent partition holds every window open.
+    idle_timeout_ms: int = Field(default=30_000, ge=100, description="a partition silent this long holds no watermark")
     checkpoint_interval_ms: int = Field(default=10_000, ge=500)
     parallelism: int = Field(default=1, ge=1, le=64)
     redis_depth: int = Field(default=2_000, ge=1, description="windows kept per SKU and granularity")

@@ -115,10 +115,12 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def start_service(name: str, args: list[str], env: dict[str, str], ready_url: str, log: Path) -> ManagedProcess:
-    """Run `shelfcast ARGS` in the background with `env` added; returns once `ready_url` answers 200."""
+def start_service(name: str, args: list[str], env: dict[str, str], ready_url: str | None, log: Path) -> ManagedProcess:
+    """Run `shelfcast ARGS` in the background with `env` added; returns once `ready_url` answers 200
+    (at once when there is none to ask, as for a stream job)."""
     argv = [sys.executable, "-m", "shelfcast", *args]
-    return _spawn(name, argv, ready_url, log, lambda: _http_ok(ready_url), {**os.environ, **env}, timeout=120)
+    ready = partial(_http_ok, ready_url) if ready_url else lambda: True
+    return _spawn(name, argv, ready_url or name, log, ready, {**os.environ, **env}, timeout=120)
 
 
 def kafka_binary() -> str:
