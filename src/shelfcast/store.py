@@ -7,6 +7,7 @@ or late-updated window overwrites itself. Each key keeps the newest `depth` wind
 
 from collections.abc import Iterable
 
+import pandas as pd
 import redis
 
 from shelfcast.contracts import FeatureWindow
@@ -51,12 +52,19 @@ class FeatureStore:
             pipe.execute()
         return count
 
-    def latest(self, sku: str, granularity: str, n: int = 1) -> list[FeatureWindow]:
-        """The newest `n` windows, oldest first."""
+    def latest(self, sku: str, granularity: str, n: int = 1) -> pd.DataFrame:
+        """The newest `n` windows, oldest first: one row per window, the `FeatureWindow` fields as columns."""
         raw = self._redis.zrange(feature_key(sku, granularity), 0, n - 1, desc=True)
-        return [FeatureWindow.model_validate_json(r) for r in reversed(raw)]
+        return _frame(reversed(raw))
 
-    def history(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> list[FeatureWindow]:
+    def history(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Windows whose `window_end` lies in [start_ms, end_ms], oldest first."""
-        raw = self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True)
-        return [FeatureWindow.model_validate_json(r) for r in raw]
+        return _frame(self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True))
+
+
+_COLUMNS = list(FeatureWindow.model_fields)
+
+
+def _frame(members: Iterable[bytes]) -> pd.DataFrame:
+    rows = [FeatureWindow.model_validate_json(m).model_dump() for m in members]
+    return pd.DataFrame(rows, columns=_COLUMNS)

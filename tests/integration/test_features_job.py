@@ -25,7 +25,7 @@ from shelfcast.contracts import DeadLetter, Event, FeatureWindow
 from shelfcast.infra import ManagedProcess, start_service
 from shelfcast.kafka import ensure_topics, make_consumer, make_producer
 from shelfcast.settings import Settings, TopicNames
-from shelfcast.store import FeatureStore, connect_redis
+from shelfcast.store import FeatureStore, connect_redis, feature_key
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,8 @@ class FeaturesJob:
             "SHELFCAST_FEATURES_GROUP_ID": f"it-features-{suffix}",
         }
         self.producer = make_producer(self.settings)
-        self.store = FeatureStore(connect_redis(settings.redis_url))
+        self.redis = connect_redis(settings.redis_url)
+        self.store = FeatureStore(self.redis)
 
     def start(self) -> None:
         # No HTTP endpoint to wait for: the job is "ready" once it runs; outputs are awaited by probes.
@@ -172,7 +173,7 @@ class FeaturesJob:
 
     def wait_for_window(self, sku: str, granularity: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while not self.store.latest(sku, granularity):
+        while self.store.latest(sku, granularity).empty:
             assert time.monotonic() < deadline, f"no {granularity} window for {sku}; log: {self.log_tail()}"
             assert self.proc is not None and self.proc.alive(), f"the job died: {self.log_tail()}"
             time.sleep(0.5)
@@ -197,7 +198,7 @@ class FeaturesJob:
             (w.sku, w.granularity, w.window_start): w
             for sku in skus
             for gran in SIZES
-            for w in self.store.latest(sku, gran, n=10_000)
+            for w in map(FeatureWindow.model_validate_json, self.redis.zrange(feature_key(sku, gran), 0, -1))
         }
 
 
