@@ -50,6 +50,8 @@ def _configuration(settings: Settings, job: FeatureJobSettings, jobmanager: str 
     config.set_string("pipeline.name", JOB_NAME)
     config.set_string("parallelism.default", str(job.parallelism))
     config.set_string("io.tmp.dirs", str(flink_dir / "tmp"))
+    # Window updates reach the Python writer in bundles; the default (1 s) would be most of the latency.
+    config.set_string("python.fn-execution.bundle.time", "100")
     config.set_string("execution.checkpointing.interval", f"{job.checkpoint_interval_ms} ms")
     config.set_string("execution.checkpointing.dir", (flink_dir / "checkpoints").as_uri())
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
