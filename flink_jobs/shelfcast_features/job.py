@@ -53,10 +53,12 @@ def _configuration(settings: Settings, job: FeatureJobSettings, jobmanager: str 
     # Window updates reach the Python writer in bundles; the default (1 s) would be most of the latency.
     config.set_string("python.fn-execution.bundle.time", "100")
     config.set_string("execution.checkpointing.interval", f"{job.checkpoint_interval_ms} ms")
-    config.set_string("execution.checkpointing.dir", (flink_dir / "checkpoints").as_uri())
+    checkpoints = job.checkpoint_dir or (flink_dir / "checkpoints").as_uri()
+    config.set_string("execution.checkpointing.dir", checkpoints)
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     config.set_string("execution.checkpointing.num-retained", "3")
-    restore = latest_checkpoint(flink_dir / "checkpoints")
+    # On a cluster the Flink Kubernetes Operator restores the job itself (upgradeMode: last-state).
+    restore = latest_checkpoint(flink_dir / "checkpoints") if job.checkpoint_dir is None else None
     if restore is not None:
         config.set_string("execution.state-recovery.path", restore.as_uri())
     if jobmanager is not None:

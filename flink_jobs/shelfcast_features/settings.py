@@ -28,6 +28,9 @@ class FeatureJobSettings(BaseSettings):
     # others' records, which then count as late. Too long, and one silent partition holds every window open.
     idle_timeout_ms: int = Field(default=30_000, ge=100, description="a partition silent this long holds no watermark")
     checkpoint_interval_ms: int = Field(default=10_000, ge=500)
+    checkpoint_dir: str | None = Field(
+        default=None, description="a URI (file://, s3://); default: {state_dir}/flink/checkpoints on this machine"
+    )
     parallelism: int = Field(default=1, ge=1, le=64)
     redis_depth: int = Field(default=2_000, ge=1, description="windows kept per SKU and granularity")
     redis_ttl_s: int = Field(default=14 * 86_400, ge=60)

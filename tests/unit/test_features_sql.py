@@ -1,0 +1,38 @@
+import pytest
+from pydantic import ValidationError
+
+from shelfcast_features import sql
+from shelfcast_features.settings import FeatureJobSettings, granularity_ms
+
+
+def test_granularities_parse_to_milliseconds_and_sql_intervals() -> None:
+    assert [granularity_ms(g) for g in ("30s", "1m", "5m", "1h", "1d")] == [
+        30_000,
+        60_000,
+        300_000,
+        3_600_000,
+        86_400_000,
+    ]
+    assert sql.interval("5m") == "INTERVAL '5' MINUTE"
+    assert sql.interval("1d") == "INTERVAL '1' DAY"
+
+
+@pytest.mark.parametrize("bad", [["1w"], ["0m"], ["1m", "1m"], [], ["100h"]])
+def test_bad_granularities_are_refused(bad: list[str]) -> None:
+    with pytest.raises(ValidationError, match="granularit"):
+        FeatureJobSettings(granularities=bad)
+
+
+def test_every_granularity_gets_a_window_and_a_late_branch() -> None:
+    job = FeatureJobSettings(granularities=["1m", "1h"], allowed_lateness_ms=30_000)
+    windows, dead = sql.windows_query(job), sql.dead_letter_insert(job)
+    assert windows.count("GROUP BY sku, TUMBLE(event_time") == 2
+    assert "'1h' AS granularity" in windows
+    # too late = the window's last millisecond plus the allowed lateness is at or behind the watermark
+    assert "ts - MOD(ts, 3600000) + 3600000 - 1 + 30000" in dead
+    assert dead.count("late: the") == 2
+
+
+def test_invalid_event_reasons_name_contract_fields() -> None:
+    for name in ("event_id", "type", "sku", "ts", "qty", "price", "currency"):
+        assert f"'{name}: " in sql.PARSED_VIEW
