@@ -4,18 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLINK_LIBS := shigawire-apache-flink-libraries==2.0.0.post1
+FLINK_JARS := $(VENV)/flink-libs/pyflink/lib
+UDF_SOURCES := $(shell find flink_jobs/java -name '*.java')
 
 .PHONY: demo test lint venv clean
 
 venv: $(STAMP)
 
 # Reinstall whenever pyproject.toml changes; the stamp makes a second run a no-op.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(UDF_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# Flink's Kafka connector jars, outside site-packages: its other jars would sit beside pyflink's own.
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/flink-libs $(FLINK_LIBS)
+	# The job's Java table function, compiled against PyFlink's own jars (needs a JDK 17: javac, jar).
+	rm -rf build/udf && mkdir -p build/udf
+	javac -nowarn -cp "$$($(BIN)/python -c 'import pyflink, os; print(os.path.dirname(pyflink.__file__))')/lib/*" \
+		-d build/udf $(UDF_SOURCES)
+	jar cf $(FLINK_JARS)/shelfcast-flink-udf.jar -C build/udf .
 	touch $@
 
 demo: $(STAMP)

@@ -20,20 +20,18 @@ from shelfcast_features import sql
 from shelfcast_features.settings import FeatureJobSettings
 from shelfcast_features.writer import WindowWriter
 
-CONNECTOR_JARS = ("flink-connector-kafka.jar", "kafka-clients.jar")
+# Kafka connector jars from PyPI `shigawire-apache-flink-libraries`, and our own (`make` builds it).
+JARS = ("flink-connector-kafka.jar", "kafka-clients.jar", "shelfcast-flink-udf.jar")
 JOB_NAME = "shelfcast-features"
 
 
-def connector_jars() -> list[Path]:
-    """The Kafka connector jars from PyPI `shigawire-apache-flink-libraries`, installed beside the venv."""
+def job_jars() -> list[Path]:
+    """The jars the job loads, from `SHELFCAST_FLINK_JARS_DIR` (default: where `make venv` puts them)."""
     folder = Path(os.environ.get("SHELFCAST_FLINK_JARS_DIR", Path(sys.prefix) / "flink-libs" / "pyflink" / "lib"))
-    jars = [folder / name for name in CONNECTOR_JARS]
+    jars = [folder / name for name in JARS]
     missing = [str(j) for j in jars if not j.is_file()]
     if missing:
-        raise ShelfcastError(
-            f"Flink Kafka connector jars missing: {', '.join(missing)} (run `make venv`, or "
-            f"pip install --no-deps --target {folder.parent.parent} shigawire-apache-flink-libraries==2.0.0.post1)"
-        )
+        raise ShelfcastError(f"Flink jars missing: {', '.join(missing)} (run `make venv` to install and build them)")
     return jars
 
 
@@ -46,7 +44,7 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 def _configuration(settings: Settings, job: FeatureJobSettings, jobmanager: str | None) -> Configuration:
     flink_dir = (settings.state_dir / "flink").resolve()
     config = Configuration()
-    config.set_string("pipeline.jars", ";".join(j.as_uri() for j in connector_jars()))
+    config.set_string("pipeline.jars", ";".join(j.as_uri() for j in job_jars()))
     config.set_string("pipeline.name", JOB_NAME)
     config.set_string("parallelism.default", str(job.parallelism))
     config.set_string("io.tmp.dirs", str(flink_dir / "tmp"))
@@ -98,6 +96,7 @@ def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = 
 
     table_env.execute_sql(sql.source_table(settings.topics.events, settings.kafka_bootstrap, job.group_id, job))
     table_env.execute_sql(sql.dead_letter_table(settings.topics.events_dlq, settings.kafka_bootstrap))
+    table_env.execute_sql(sql.PARSE_FUNCTION)
     table_env.execute_sql(sql.PARSED_VIEW)
     table_env.create_temporary_view("deduped", insert_only(table_env, table_env.sql_query(sql.FIRST_DELIVERIES)))
 

@@ -4,6 +4,9 @@ Why SQL and not the Python DataStream API: a Python function per event crosses i
 for every record (1-3k events/s measured here), while parsing, validation, dedupe and windowing in SQL
 stay in the JVM (tens of thousands per second per core). Python sees one row per window update only.
 
+Parsing and validation is one Java table function (`flink_jobs/java`, built by `make`): the built-in
+JSON_VALUE re-parses the whole record on each call, and with one call per field that was most of the CPU.
+
 Pipeline (one statement set, so the source and the parse are shared):
     raw Kafka records --parse/validate--> invalid  -> dead-letter topic
                                        -> valid --dedupe event_id--> too late for a window -> dead-letter topic
@@ -12,10 +15,8 @@ The windows are legacy group windows (`GROUP BY TUMBLE`) because only they suppo
 (`table.exec.emit.allow-lateness` with late firing): a late event within it re-emits its window.
 """
 
-from shelfcast.contracts import MAX_TS_MS, MIN_TS_MS
 from shelfcast_features.settings import FeatureJobSettings, granularity_ms
 
-EVENT_TYPES = ("view", "click", "cart", "purchase", "return")
 _SQL_UNITS = {"s": "SECOND", "m": "MINUTE", "h": "HOUR", "d": "DAY"}
 
 
@@ -31,7 +32,6 @@ CREATE TEMPORARY TABLE events_raw (
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  ts AS TRY_CAST(JSON_VALUE(`raw`, '$.ts') AS BIGINT),
   rowtime AS TO_TIMESTAMP_LTZ(COALESCE(TRY_CAST(JSON_VALUE(`raw`, '$.ts') AS BIGINT), 0), 3),
   proc AS PROCTIME(),
   WATERMARK FOR rowtime AS rowtime - INTERVAL '{job.out_of_orderness_ms / 1000:.3f}' SECOND
@@ -59,32 +59,14 @@ CREATE TEMPORARY TABLE dead_letters (
 )"""
 
 
-# The reason an event breaks the contract, or NULL. Mirrors `shelfcast.contracts.Event` on the wire
-# (where `ts` is already epoch milliseconds); the first broken field is reported.
-PARSED_VIEW = f"""
+# Each record is parsed once, in the JVM, by the Java table function `ParseEvent` (flink_jobs/java):
+# the fields, and in `error` the first broken field and why, or NULL.
+PARSE_FUNCTION = "CREATE TEMPORARY FUNCTION PARSE_EVENT AS 'dev.shelfcast.flink.ParseEvent' LANGUAGE JAVA"
+PARSED_VIEW = """
 CREATE TEMPORARY VIEW parsed AS
-SELECT *,
-  CASE
-    WHEN NOT (`raw` IS JSON OBJECT) THEN 'not a JSON object'
-    WHEN event_id IS NULL OR CHAR_LENGTH(event_id) > 128 THEN 'event_id: missing or longer than 128'
-    WHEN event_type IS NULL OR event_type NOT IN ({", ".join(f"'{t}'" for t in EVENT_TYPES)})
-      THEN 'type: missing or not one of {"|".join(EVENT_TYPES)}'
-    WHEN sku IS NULL OR NOT REGEXP(sku, '^[A-Za-z0-9][A-Za-z0-9._/-]{{0,63}}$') THEN 'sku: missing or not a valid SKU'
-    WHEN ts IS NULL OR ts < {MIN_TS_MS} OR ts >= {MAX_TS_MS} THEN 'ts: missing or not epoch milliseconds'
-    WHEN qty IS NULL OR qty < 0 OR qty > 100000 THEN 'qty: missing or not an integer in 0..100000'
-    WHEN price IS NULL OR price < 0 OR price > 10000000 THEN 'price: missing or not a number in 0..1e7'
-    WHEN currency IS NULL OR NOT REGEXP(currency, '^[A-Z]{{3}}$') THEN 'currency: missing or not 3 capitals'
-  END AS error
-FROM (
-  SELECT `raw`, `topic`, `partition`, `offset`, ts, rowtime, proc,
-    JSON_VALUE(`raw`, '$.event_id') AS event_id,
-    JSON_VALUE(`raw`, '$.type') AS event_type,
-    JSON_VALUE(`raw`, '$.sku') AS sku,
-    TRY_CAST(JSON_VALUE(`raw`, '$.qty') AS INT) AS qty,
-    TRY_CAST(JSON_VALUE(`raw`, '$.price') AS DOUBLE) AS price,
-    JSON_VALUE(`raw`, '$.currency') AS currency
-  FROM events_raw
-)"""
+SELECT r.`raw`, r.`topic`, r.`partition`, r.`offset`, r.rowtime, r.proc,
+  p.event_id, p.event_type, p.sku, p.ts, p.qty, p.price, p.currency, p.error
+FROM events_raw AS r, LATERAL TABLE(PARSE_EVENT(r.`raw`)) AS p"""
 
 
 # First delivery of each event_id wins; duplicates are dropped (state kept for `table.exec.state.ttl`).

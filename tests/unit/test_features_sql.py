@@ -31,8 +31,3 @@ def test_every_granularity_gets_a_window_and_a_late_branch() -> None:
     # too late = the window's last millisecond plus the allowed lateness is at or behind the watermark
     assert "ts - MOD(ts, 3600000) + 3600000 - 1 + 30000" in dead
     assert dead.count("late: the") == 2
-
-
-def test_invalid_event_reasons_name_contract_fields() -> None:
-    for name in ("event_id", "type", "sku", "ts", "qty", "price", "currency"):
-        assert f"'{name}: " in sql.PARSED_VIEW
