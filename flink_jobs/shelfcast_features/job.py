@@ -76,15 +76,19 @@ def _table_config(table_env: StreamTableEnvironment, job: FeatureJobSettings) ->
     config.set("table.exec.emit.late-fire.delay", "0 s")
 
 
-def insert_only(table_env: StreamTableEnvironment, table: Table) -> Table:
-    """The same rows, declared insert-only, with the event time and watermarks carried across (all in the JVM)."""
-    schema = (
-        Schema.new_builder()
-        .column_by_metadata("event_time", DataTypes.TIMESTAMP_LTZ(3), "rowtime")
-        .watermark("event_time", "SOURCE_WATERMARK()")
-        .build()
-    )
-    return table_env.from_changelog_stream(table_env.to_changelog_stream(table), schema, ChangelogMode.insert_only())
+def as_insert_only(table_env: StreamTableEnvironment, table: Table, time_column: str, proctime: bool) -> Table:
+    """The same rows through a DataStream (all in the JVM), declared insert-only, the event time and the
+    source's watermarks carried across as `time_column`.
+
+    Used twice: after parsing, so that the dead-letter statement and the windows share one Kafka source
+    and one parse (they are planned separately and would each get their own); and after the dedupe.
+    """
+    schema = Schema.new_builder().column_by_metadata(time_column, DataTypes.TIMESTAMP_LTZ(3), "rowtime")
+    if proctime:
+        schema = schema.column_by_expression("proc", "PROCTIME()")
+    schema = schema.watermark(time_column, "SOURCE_WATERMARK()")
+    stream = table_env.to_changelog_stream(table)
+    return table_env.from_changelog_stream(stream, schema.build(), ChangelogMode.insert_only())
 
 
 def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = None) -> StreamExecutionEnvironment:
@@ -97,8 +101,10 @@ def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = 
     table_env.execute_sql(sql.source_table(settings.topics.events, settings.kafka_bootstrap, job.group_id, job))
     table_env.execute_sql(sql.dead_letter_table(settings.topics.events_dlq, settings.kafka_bootstrap))
     table_env.execute_sql(sql.PARSE_FUNCTION)
-    table_env.execute_sql(sql.PARSED_VIEW)
-    table_env.create_temporary_view("deduped", insert_only(table_env, table_env.sql_query(sql.FIRST_DELIVERIES)))
+    parsed = as_insert_only(table_env, table_env.sql_query(sql.PARSED), "parsed_time", proctime=True)
+    table_env.create_temporary_view("parsed", parsed)
+    deduped = as_insert_only(table_env, table_env.sql_query(sql.FIRST_DELIVERIES), "event_time", proctime=False)
+    table_env.create_temporary_view("deduped", deduped)
 
     statements = table_env.create_statement_set()
     statements.add_insert_sql(sql.dead_letter_insert(job))

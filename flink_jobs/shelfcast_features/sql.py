@@ -62,18 +62,17 @@ CREATE TEMPORARY TABLE dead_letters (
 # Each record is parsed once, in the JVM, by the Java table function `ParseEvent` (flink_jobs/java):
 # the fields, and in `error` the first broken field and why, or NULL.
 PARSE_FUNCTION = "CREATE TEMPORARY FUNCTION PARSE_EVENT AS 'dev.shelfcast.flink.ParseEvent' LANGUAGE JAVA"
-PARSED_VIEW = """
-CREATE TEMPORARY VIEW parsed AS
-SELECT r.`raw`, r.`topic`, r.`partition`, r.`offset`, r.rowtime, r.proc,
+PARSED = """
+SELECT r.`raw`, r.`topic`, r.`partition`, r.`offset`, r.rowtime,
   p.event_id, p.event_type, p.sku, p.ts, p.qty, p.price, p.currency, p.error
 FROM events_raw AS r, LATERAL TABLE(PARSE_EVENT(r.`raw`)) AS p"""
 
 
 # First delivery of each event_id wins; duplicates are dropped (state kept for `table.exec.state.ttl`).
 # Flink 2.0's planner takes this Rank for an updating stream although it only ever inserts (FLINK-37005,
-# fixed in 2.1); the job hands it through a DataStream declared insert-only (see `job.insert_only`).
+# fixed in 2.1); the job hands it through a DataStream declared insert-only (see `job.as_insert_only`).
 FIRST_DELIVERIES = """
-SELECT `raw`, `topic`, `partition`, `offset`, ts, rowtime, event_type, sku, qty, price FROM (
+SELECT `raw`, `topic`, `partition`, `offset`, ts, parsed_time, event_type, sku, qty, price FROM (
   SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc) AS first_seen
   FROM parsed WHERE error IS NULL
 ) WHERE first_seen = 1"""
