@@ -1,10 +1,10 @@
 """`shelfcast demo`: run the parts of the pipeline that are built, end to end, on embedded servers.
 
 Built so far and run here: the embedded broker and Redis, the ingest service (a real `shelfcast ingest
-serve` process), the storefront simulator sending to it over HTTP, and a consumer group reading the events
-topic back, dead-lettering poison records written straight to Kafka. The demo starts every service as
-its own process through the `shelfcast` command, so the core imports no service.
-Not built yet, and so not run: the PyFlink features job, the forecaster and the inventory agent.
+serve` process), the PyFlink features job, and the storefront simulator sending to ingest over HTTP;
+poison records written straight to Kafka must come out on the dead-letter topic. The demo starts every
+service as its own process through the `shelfcast` command, so the core imports no service.
+Not built yet, and so not run: the forecaster and the inventory agent.
 """
 
 import json
@@ -21,15 +21,17 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shelfcast.contracts import Event
-from shelfcast.errors import ContractError, ShelfcastError
-from shelfcast.infra import Infra, free_port, start_service
-from shelfcast.kafka import DeadLetterWriter, make_consumer, make_producer
+from shelfcast.contracts import DeadLetter
+from shelfcast.errors import ShelfcastError
+from shelfcast.infra import Infra, ManagedProcess, free_port, start_service
+from shelfcast.kafka import make_consumer, make_producer
 from shelfcast.settings import Settings
+from shelfcast.store import connect_redis, feature_key
 
-NOT_BUILT = ["PyFlink features job", "forecaster", "inventory agent", "HTML report"]
+NOT_BUILT = ["forecaster", "inventory agent", "HTML report"]
 POISON = [b"{not json", b'{"event_id": "x", "type": "teleport"}', b"\xff\xfe"]
 REPORT_DIR = Path("reports/demo")
+GRANULARITIES = ("1m", "1h", "1d")
 
 
 def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict:
@@ -39,74 +41,85 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
     env = {
         "SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "SHELFCAST_REDIS_URL": settings.redis_url,
+        "SHELFCAST_STATE_DIR": str(demo_settings.state_dir),
         "SHELFCAST_API_KEYS": json.dumps([api_key]),
     }
-    ingest = None
+    logs = demo_settings.state_dir / "logs"
+    services: list[ManagedProcess] = []
     try:
-        console.print("[bold]1/4[/] bringing up Kafka and Redis")
+        console.print("[bold]1/5[/] bringing up Kafka and Redis")
         infra.up()
-        console.print("[bold]2/4[/] starting the ingest service")
+        console.print("[bold]2/5[/] starting the ingest service")
         url = f"http://127.0.0.1:{free_port()}"
         args = ["ingest", "serve", "--port", url.rsplit(":", 1)[1]]
-        ingest = start_service("ingest", args, env, f"{url}/readyz", demo_settings.state_dir / "logs" / "ingest.log")
-        console.print(f"[bold]3/4[/] simulating {skus} SKUs over {days} days into {url}")
+        services.append(start_service("ingest", args, env, f"{url}/readyz", logs / "ingest.log"))
+        console.print("[bold]3/5[/] starting the features job (PyFlink)")
+        services.append(start_service("features", ["features", "run", "--fresh"], env, None, logs / "features.log"))
+        console.print(f"[bold]4/5[/] simulating {skus} SKUs over {days} days into {url}")
         started = time.perf_counter()
         simulate = ["simulate", "storefront", "--skus", str(skus), "--days", str(days), "--target", "http"]
         simulate += ["--url", url, "--api-key", api_key]
         subprocess.run([sys.executable, "-m", "shelfcast", *simulate], check=True, env={**os.environ, **env})
-        http_s = time.perf_counter() - started
-        summary = _read_back(demo_settings, console)
-        summary["http_events_per_s"] = round(summary["events_on_topic"] / http_s)
+        summary: dict = {"simulate_seconds": round(time.perf_counter() - started, 1)}
+        _write_poison(demo_settings)
+        summary["windows_in_redis"] = _wait_for_windows(demo_settings, skus, services[-1], console)
+        summary["dead_letters"] = _dead_letters(demo_settings)
     except subprocess.CalledProcessError as exc:
         raise ShelfcastError(f"the storefront simulator failed (exit {exc.returncode})") from None
     finally:
-        if ingest is not None:
-            ingest.stop()
+        for service in services:
+            service.stop()
         stopped = infra.down()
-        console.print(f"stopped what the demo started: {', '.join(['ingest', *stopped])}")
+        console.print(f"stopped what the demo started: {', '.join([s.name for s in services] + stopped)}")
     summary["not_built_yet"] = NOT_BUILT
     _report(summary, console)
     return summary
 
 
-def _read_back(settings: Settings, console: Console) -> dict:
-    """Write poison straight to Kafka, then read the events topic in a consumer group to the end."""
-    run_id = uuid.uuid4().hex[:8]
+def _write_poison(settings: Settings) -> None:
+    """Records no storefront should send, straight onto the events topic: the job must dead-letter them."""
     producer = make_producer(settings)
     for raw in POISON:
         producer.produce(settings.topics.events, value=raw)
     producer.flush(30)
 
-    consumer = make_consumer(settings, group_id=f"shelfcast-demo-{run_id}")
-    consumer.subscribe([settings.topics.events])
-    dlq = DeadLetterWriter(producer, settings.topics.events_dlq, stage="demo")
-    by_type: Counter[str] = Counter()
-    dead = 0
-    # The embedded broker's end offsets are unreliable: read until nothing arrives for a while
-    # (longer before the first record: joining the group takes a few seconds).
-    deadline = time.monotonic() + 60
+
+def _window_counts(settings: Settings, skus: int) -> dict[str, int]:
+    redis = connect_redis(settings.redis_url)
+    return {g: sum(redis.zcard(feature_key(f"SKU-{i:05d}", g)) for i in range(skus)) for g in GRANULARITIES}
+
+
+def _wait_for_windows(settings: Settings, skus: int, job: ManagedProcess, console: Console) -> dict[str, int]:
+    """Window counts once they stop growing (the job catches up with the simulated backlog)."""
+    counts, settled_at, deadline = _window_counts(settings, skus), time.monotonic(), time.monotonic() + 300
     with Progress(console=console) as progress:
-        task = progress.add_task("4/4 reading the events topic back", total=None)
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            deadline = time.monotonic() + 5
-            try:
-                by_type[Event.from_bytes(msg.value()).type] += 1
-            except ContractError as exc:
-                dlq.send_message(msg, str(exc))
-                dead += 1
-            progress.advance(task)
-        consumer.commit(asynchronous=False)
+        task = progress.add_task("5/5 waiting for the feature windows to settle", total=None)
+        while time.monotonic() - settled_at < 10 and time.monotonic() < deadline:
+            if not job.alive():
+                raise ShelfcastError(f"the features job stopped; see {job.log}")
+            time.sleep(1)
+            latest = _window_counts(settings, skus)
+            if latest != counts or not any(latest.values()):
+                counts, settled_at = latest, time.monotonic()
+            progress.update(task, description=f"5/5 feature windows in Redis: {sum(counts.values()):,}")
+    return counts
+
+
+def _dead_letters(settings: Settings) -> dict[str, int]:
+    """Dead letters on the topic, by kind: invalid records and events too late for a window."""
+    consumer = make_consumer(settings, group_id=f"shelfcast-demo-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([settings.topics.events_dlq])
+    kinds: Counter[str] = Counter()
+    deadline = time.monotonic() + 30  # joining the group takes a few seconds; then read until quiet
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        deadline = time.monotonic() + 5
+        reason = DeadLetter.from_bytes(msg.value()).reason
+        kinds["late" if reason.startswith("late") else "invalid"] += 1
     consumer.close()
-    producer.flush(30)
-    return {
-        "events_on_topic": sum(by_type.values()),
-        "events_by_type": dict(by_type),
-        "poison_records_written": len(POISON),
-        "dead_lettered": dead,
-    }
+    return dict(kinds)
 
 
 def _report(summary: dict, console: Console) -> None:
