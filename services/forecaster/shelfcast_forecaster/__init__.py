@@ -1,0 +1,1 @@
+"""The forecaster: probabilistic demand forecasts, their backtests against statistical baselines, and serving."""
