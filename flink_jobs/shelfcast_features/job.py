@@ -98,9 +98,10 @@ def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = 
     table_env = StreamTableEnvironment.create(env)
     _table_config(table_env, job)
 
+    for function in sql.FUNCTIONS:
+        table_env.execute_sql(function)
     table_env.execute_sql(sql.source_table(settings.topics.events, settings.kafka_bootstrap, job.group_id, job))
     table_env.execute_sql(sql.dead_letter_table(settings.topics.events_dlq, settings.kafka_bootstrap))
-    table_env.execute_sql(sql.PARSE_FUNCTION)
     parsed = as_insert_only(table_env, table_env.sql_query(sql.PARSED), "parsed_time", proctime=True)
     table_env.create_temporary_view("parsed", parsed)
     deduped = as_insert_only(table_env, table_env.sql_query(sql.FIRST_DELIVERIES), "event_time", proctime=False)
