@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,9 @@ EARLY_POISON = b"{early broken json"
 
 @dataclass
 class Stream:
-    """What was sent, in order, and the watermark each record met."""
+    """The test's events; `prefix` keeps its event ids, SKUs and Redis keys apart from other tests'."""
 
     prefix: str
-    sent: list[tuple[bytes, int]] = field(default_factory=list)  # (raw value, watermark when it was read)
 
     def event(self, i: str, kind: str, sku: str, ts: int, qty: int = 1, price: float = 2.5) -> bytes:
         record = {"event_id": f"{self.prefix}-{i}", "type": kind, "sku": f"{self.prefix}-{sku}", "ts": ts}
@@ -203,13 +202,13 @@ class FeaturesJob:
 
 
 def play(job: FeaturesJob, stream: Stream, kill_midway: bool = False) -> list[tuple[bytes, int]]:
-    """Send phases A-C (optionally killing and restarting the job in A); return (raw, watermark met)."""
+    """Send phases A-C (optionally killing and restarting the job in A); return (raw, watermark it met)."""
     phase_a = on_time_events(stream)
     first_half, second_half = phase_a[:150], phase_a[150:]
-    played: list[tuple[bytes, int]] = []
     job.send(first_half)
     if kill_midway:
-        job.send(probe(stream, "PA1", T0 + 6 * MINUTE))
+        probe_a = probe(stream, "PA1", T0 + 6 * MINUTE)
+        job.send(probe_a)
         job.wait_for_window(f"{stream.prefix}-S0", "1m")
         processed_at = time.time()
         checkpoints = job.state_dir / "flink" / "checkpoints"
@@ -218,26 +217,25 @@ def play(job: FeaturesJob, stream: Stream, kill_midway: bool = False) -> list[tu
             assert time.monotonic() < deadline, "no checkpoint completed after the first half was processed"
             time.sleep(0.5)
         job.kill()
-        played += [(v, 0) for v, _ in probe(stream, "PA1", T0 + 6 * MINUTE)]
         job.send(second_half)  # while the job is down
         job.start()
+        phase_a += [value for value, _ in probe_a]
     else:
         job.send(second_half)
-    played += [(r, 0) for r in phase_a]
 
-    job.send(probe(stream, "PB", T0 + 18 * MINUTE) + probe(stream, "ADV", T0 + 20 * MINUTE + OUT_OF_ORDERNESS + 1))
-    played += [(v, 0) for v, _ in probe(stream, "PB", T0 + 18 * MINUTE)]
-    played += [(v, 0) for v, _ in probe(stream, "ADV", T0 + 20 * MINUTE + OUT_OF_ORDERNESS + 1)]
+    advance = probe(stream, "PB", T0 + 18 * MINUTE) + probe(stream, "ADV", T0 + 20 * MINUTE + OUT_OF_ORDERNESS + 1)
+    job.send(advance)
     job.wait_for_window(f"{stream.prefix}-PB-0", "1m")
     watermark_b = T0 + 20 * MINUTE + 1
 
-    job.send(late_events(stream))
-    played += [(r, watermark_b) for r in late_events(stream)]
-
-    end = probe(stream, "END", T0 + 3 * DAY)
+    late, end = late_events(stream), probe(stream, "END", T0 + 3 * DAY)
+    job.send(late)
     job.send(end)
-    played += [(v, watermark_b) for v, _ in end]
-    return played
+    return (
+        [(raw, 0) for raw in phase_a + [value for value, _ in advance]]
+        + [(raw, watermark_b) for raw in late]
+        + [(value, watermark_b) for value, _ in end]
+    )
 
 
 def expected_outputs(played: list[tuple[bytes, int]]) -> tuple[dict, list[tuple[bytes, str]]]:
