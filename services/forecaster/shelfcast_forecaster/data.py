@@ -68,6 +68,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
     blank = (frame == "").all(axis=1)
     trailing = blank.astype(int)[::-1].cumprod()[::-1].astype(bool)  # empty lines at the end of the file are harmless
+    inner_blank = _first((blank & ~trailing).to_numpy())
+    if inner_blank is not None:
+        raise DataError(f"{path}, line {inner_blank + 2}: empty line")
     frame = frame.loc[~trailing].copy()
     for column in frame.columns.difference(REQUIRED_COLUMNS):
         frame[column] = _maybe_numeric(frame[column])
