@@ -98,8 +98,7 @@ def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = 
     table_env = StreamTableEnvironment.create(env)
     _table_config(table_env, job)
 
-    for function in sql.FUNCTIONS:
-        table_env.execute_sql(function)
+    table_env.execute_sql(sql.PARSE_FUNCTION)
     table_env.execute_sql(sql.source_table(settings.topics.events, settings.kafka_bootstrap, job.group_id, job))
     table_env.execute_sql(sql.dead_letter_table(settings.topics.events_dlq, settings.kafka_bootstrap))
     parsed = as_insert_only(table_env, table_env.sql_query(sql.PARSED), "parsed_time", proctime=True)
