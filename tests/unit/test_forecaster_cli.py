@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def test_backtest_cli_writes_metrics_per_model_and_the_forecasts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ds = pd.date_range("2024-01-01", periods=40, freq="MS")
+    frames = [
+        pd.DataFrame({"unique_id": f"s{i}", "ds": ds, "y": rng.poisson(3 if i % 2 else 0.3, len(ds))}) for i in range(6)
+    ]
+    data = tmp_path / "series.csv"
+    pd.concat(frames).to_csv(data, index=False)
+    out, forecasts = tmp_path / "metrics.json", tmp_path / "forecasts.csv"
+    args = ["--data", data, "--horizon", "6", "--freq", "MS", "--season-length", "12", "--json", out]
+    shelfcast = Path(sys.executable).with_name("shelfcast")
+    result = subprocess.run(
+        [shelfcast, "forecaster", "backtest", *map(str, args), "--forecasts", str(forecasts)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert {"SeasonalNaive", "AutoETS", "CrostonOptimized", "TSB", "ADIDA", "chosen", "ensemble"} <= set(
+        report["metrics"]
+    )
+    assert all(0 <= m["coverage"] <= 1 for m in report["metrics"].values())
+    written = pd.read_csv(forecasts)
+    assert list(written.columns) == ["unique_id", "ds", "cutoff", "model", "p10", "p50", "p90", "y"]
+    assert len(written) == 7 * 6 * 6  # models x series x horizon
+
+
+def test_backtest_cli_names_the_file_line_and_column_of_bad_data(tmp_path: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("unique_id,ds,y\na,2024-01-01,1\na,2024-02-01,lots\n")
+    args = ["--data", str(data), "--horizon", "1", "--freq", "MS", "--season-length", "1", "--json", "x.json"]
+    result = subprocess.run(
+        [Path(sys.executable).with_name("shelfcast"), "forecaster", "backtest", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "bad.csv, line 3, column y" in line
