@@ -78,10 +78,6 @@ class DeadLetterWriter:
         self._topic = topic
         self._stage = stage
 
-    def send_raw(self, raw: bytes | None, reason: str, source_topic: str | None = None) -> DeadLetter:
-        letter = DeadLetter.wrap(raw, reason, self._stage, source_topic=source_topic)
-        return self._send(letter)
-
     def send_message(self, msg: Message, reason: str) -> DeadLetter:
         letter = DeadLetter.wrap(
             msg.value(),
@@ -91,11 +87,8 @@ class DeadLetterWriter:
             source_partition=msg.partition(),
             source_offset=msg.offset(),
         )
-        return self._send(letter)
-
-    def _send(self, letter: DeadLetter) -> DeadLetter:
         produce(self._producer, self._topic, letter)
-        DEAD_LETTERS.labels(source_topic=letter.source_topic or "http", stage=self._stage).inc()
+        DEAD_LETTERS.labels(source_topic=msg.topic(), stage=self._stage).inc()
         return letter
 
 
