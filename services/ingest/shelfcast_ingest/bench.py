@@ -159,11 +159,11 @@ def bench_ingest(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the results.")],
     events: Annotated[int, typer.Option(min=1_000)] = 200_000,
     batch: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
-    in_flight: Annotated[int, typer.Option(min=1, max=64, help="Concurrent requests in the throughput run.")] = 4,
+    in_flight: Annotated[int, typer.Option(min=1, max=64, help="Concurrent requests in the throughput run.")] = 16,
     load: Annotated[float, typer.Option(min=0.1, help="Offered batches per second in the latency run.")] = 20.0,
     load_seconds: Annotated[float, typer.Option(min=1)] = 15.0,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="Repeat each rate; the median is reported.")] = 3,
-    workers: Annotated[int, typer.Option(min=1, max=16, help="Ingest worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Ingest worker processes.")] = 2,
 ) -> None:
     """Raw producer rate vs HTTP -> acked rate, and batch latency p50/p99 at a fixed offered load."""
     result = run_bench(events, batch, in_flight, load, load_seconds, rounds, workers)
