@@ -95,7 +95,9 @@ def _backlog(settings: Settings, n: int, skus: int, store_rate: int) -> None:
         event |= {"qty": 1, "price": 9.99, "currency": "EUR"}
         while True:
             try:
-                producer.produce(settings.topics.events, value=json.dumps(event).encode(), key=event["sku"].encode())
+                producer.produce(
+                    settings.topics.events, value=json.dumps(event).encode(), key=str(event["sku"]).encode()
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -133,7 +135,7 @@ def _live(settings: Settings, seconds: float, rate: int, skus: int, ooo_ms: int,
         while (msg := consumer.poll(0.005)) is not None:
             if msg.error():
                 continue
-            window = json.loads(msg.value())
+            window = json.loads(msg.value() or b"{}")
             if window["granularity"] == "1m" and window["window_end"] > measure_from_ms:
                 latencies.append(msg.timestamp()[1] - (window["window_end"] + ooo_ms))
         progress.update(task, completed=elapsed)

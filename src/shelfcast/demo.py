@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 from rich.console import Console
 from rich.progress import Progress
@@ -86,7 +87,8 @@ def _write_poison(settings: Settings) -> None:
 
 def _window_counts(settings: Settings, skus: int) -> dict[str, int]:
     redis = connect_redis(settings.redis_url)
-    return {g: sum(redis.zcard(feature_key(f"SKU-{i:05d}", g)) for i in range(skus)) for g in GRANULARITIES}
+    keys = {g: [feature_key(f"SKU-{i:05d}", g) for i in range(skus)] for g in GRANULARITIES}
+    return {g: sum(cast(int, redis.zcard(key)) for key in keys[g]) for g in GRANULARITIES}
 
 
 def _wait_for_windows(settings: Settings, skus: int, job: ManagedProcess, console: Console) -> dict[str, int]:

@@ -56,7 +56,9 @@ def make_consumer(settings: Settings, group_id: str, **overrides: object) -> Con
     return Consumer(config)
 
 
-def produce(producer: Producer, topic: str, record: Contract, headers: dict[str, bytes] | None = None) -> None:
+def produce(
+    producer: Producer, topic: str, record: Contract, headers: dict[str, str | bytes | None] | None = None
+) -> None:
     """Queue one contract record, keyed by its SKU where it has one; failed deliveries are counted."""
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -106,7 +108,7 @@ def check_kafka(bootstrap: str, timeout: float = 3.0) -> ClusterMetadata:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise InfraUnavailable(f"Kafka broker unreachable at {bootstrap}: {exc.strerror or exc}") from None
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG})
+    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=_RDKAFKA_LOG)
     try:
         return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -120,7 +122,7 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None, timeou
     missing = [n for n in names if n not in existing]
     if not missing:
         return []
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _RDKAFKA_LOG})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}, logger=_RDKAFKA_LOG)
     futures = admin.create_topics(
         [
             NewTopic(n, num_partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor)

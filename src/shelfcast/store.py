@@ -6,6 +6,7 @@ or late-updated window overwrites itself. Each key keeps the newest `depth` wind
 """
 
 from collections.abc import Iterable
+from typing import cast
 
 import pandas as pd
 import redis
@@ -54,12 +55,13 @@ class FeatureStore:
 
     def latest(self, sku: str, granularity: str, n: int = 1) -> pd.DataFrame:
         """The newest `n` windows, oldest first: one row per window, the `FeatureWindow` fields as columns."""
-        raw = self._redis.zrange(feature_key(sku, granularity), 0, n - 1, desc=True)
+        raw = cast(list[bytes], self._redis.zrange(feature_key(sku, granularity), 0, n - 1, desc=True))
         return _frame(reversed(raw))
 
     def history(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Windows whose `window_end` lies in [start_ms, end_ms], oldest first."""
-        return _frame(self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True))
+        raw = cast(list[bytes], self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True))
+        return _frame(raw)
 
 
 _COLUMNS = list(FeatureWindow.model_fields)

@@ -91,7 +91,7 @@ class _Batch(NamedTuple):
 
 
 class _Day(NamedTuple):
-    index: int
+    number: int  # days since the start
     sessions: int
     events: _Batch  # in event-time order
 
@@ -272,9 +272,9 @@ class Storefront:
         units = np.zeros((days, len(TYPES), skus), dtype=np.int64)
         for day in self._simulate():
             key = day.events.kind * skus + day.events.sku
-            counts[day.index] = np.bincount(key, minlength=len(TYPES) * skus).reshape(len(TYPES), skus)
+            counts[day.number] = np.bincount(key, minlength=len(TYPES) * skus).reshape(len(TYPES), skus)
             qty = np.bincount(key, weights=day.events.qty, minlength=len(TYPES) * skus)
-            units[day.index] = np.rint(qty).astype(np.int64).reshape(len(TYPES), skus)
+            units[day.number] = np.rint(qty).astype(np.int64).reshape(len(TYPES), skus)
 
         def per_sku(values: np.ndarray) -> np.ndarray:  # (days, skus) -> SKU-major, day-minor
             return values.T.ravel()
@@ -307,7 +307,7 @@ class Storefront:
 
     def _deliver(self, day: _Day) -> Iterator[dict[str, Any]]:
         events, order = day.events, self._delivery_order(day)
-        prefix = f"{self.config.seed}-{self._day_tags[day.index]}-"
+        prefix = f"{self.config.seed}-{self._day_tags[day.number]}-"
         event_ids = np.array([f"{prefix}{n}" for n in range(events.ts.size)], dtype=object)
         columns = (
             event_ids[order],
@@ -337,10 +337,10 @@ class Storefront:
 
     def _session_ids(self, day: _Day) -> np.ndarray:
         seed, events = self.config.seed, day.events
-        prefix = f"s{seed}-{self._day_tags[day.index]}-"
+        prefix = f"s{seed}-{self._day_tags[day.number]}-"
         own = np.array([f"{prefix}{n}" for n in range(day.sessions)], dtype=object)
         ids = np.empty(events.ts.size, dtype=object)
-        today = events.session_day == day.index
+        today = events.session_day == day.number
         ids[today] = own[events.session[today]]
         earlier = zip(events.session_day[~today].tolist(), events.session[~today].tolist(), strict=True)
         ids[~today] = [f"s{seed}-{self._day_tags[d]}-{n}" for d, n in earlier]
@@ -348,7 +348,7 @@ class Storefront:
 
     def _delivery_order(self, day: _Day) -> np.ndarray:
         """Indices into the day's events in delivery order, duplicates included."""
-        rng, ts = _rng(self.config.seed, _DELIVERY, day.index), day.events.ts
+        rng, ts = _rng(self.config.seed, _DELIVERY, day.number), day.events.ts
         slot = np.arange(ts.size, dtype=float)
         late = np.flatnonzero(rng.random(ts.size) < self.config.disorder_rate)
         slot[late] = self._later_slot(ts, late, rng)
