@@ -19,7 +19,7 @@ def test_backtest_cli_writes_metrics_per_model_and_the_forecasts(tmp_path: Path)
     args = ["--data", data, "--horizon", "6", "--freq", "MS", "--season-length", "12", "--json", out]
     shelfcast = Path(sys.executable).with_name("shelfcast")
     result = subprocess.run(
-        [shelfcast, "forecaster", "backtest", *map(str, args), "--forecasts", str(forecasts)],
+        [shelfcast, "forecaster", "backtest", *map(str, args), "--forecasts", str(forecasts), "--no-keras"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -33,6 +33,9 @@ def backtest_command(
     layout: Annotated[Layout, typer.Option(help="carparts: the wide layout of ../shared/data/carparts.csv.gz")] = (
         Layout.long
     ),
+    keras: Annotated[
+        bool, typer.Option(help="Include the global Keras models (lstm, tcn) beside the baselines.")
+    ] = True,
 ) -> None:
     """Backtest every model, the per-class choice and the ensemble (MASE, RMSSE, WAPE, pinball, bias, coverage)."""
     from shelfcast_forecaster.backtest import backtest
@@ -43,7 +46,7 @@ def backtest_command(
     df = load_carparts(data) if layout is Layout.carparts else load_series(data)
     started = time.perf_counter()
     with console.status(f"backtesting {df['unique_id'].nunique():,} series, {windows} window(s) of {horizon}"):
-        result = backtest(df, horizon, freq, season_length, windows=windows)
+        result = backtest(df, horizon, freq, season_length, windows=windows, forecasters=_forecasters(keras))
     seconds = time.perf_counter() - started
     scores = evaluate(result, df, season_length).set_index("model")
     selection = {str(cutoff): vars(choice) for cutoff, choice in result.attrs["selection"].items()}
@@ -60,6 +63,17 @@ def backtest_command(
     if forecasts is not None:
         result.to_csv(forecasts, index=False)
     _print(scores, console)
+
+
+def _forecasters(keras: bool) -> dict:
+    from shelfcast_forecaster.backtest import default_forecasters
+
+    forecasters = dict(default_forecasters())
+    if keras:
+        from shelfcast_forecaster.models import KerasQuantileForecaster
+
+        forecasters |= {arch: KerasQuantileForecaster(arch) for arch in ("lstm", "tcn")}
+    return forecasters
 
 
 def _print(scores: "pd.DataFrame", console: Console) -> None:

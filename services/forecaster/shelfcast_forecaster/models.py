@@ -1,0 +1,367 @@
+"""A global Keras 3 (TensorFlow backend) multi-horizon quantile forecaster, trained across all series.
+
+`KerasQuantileForecaster` has the backtest's ``Forecaster`` signature ``(train, h, freq, season_length)``: each
+call fits one small network on windows cut from every series of ``train`` and forecasts ``h`` steps after each
+series' last ``ds``.
+
+Inputs of one window (``lookback`` steps ending at the forecast origin):
+- demand divided by the series' scale: the mean of its demand over the whole of ``train`` plus `EPSILON`. The
+  series mean rather than the lookback mean because most carparts series are intermittent: a lookback window
+  is often all zeros (its mean would be 0, a degenerate scale) and its mean jumps as single demands enter and
+  leave it, while the series mean is one stable level per series, known at forecast time. The cost is that a
+  training window's scale saw demand after its origin (a mild level leak, the same for training and
+  validation windows; at forecast time the scale uses the past only);
+- a 0/1 "non-zero demand" channel (intermittency) and a 0/1 "observed" mask channel;
+- sin/cos of the step's period within the season (positions on the shared ``freq`` calendar of ``train``).
+Per window also ``log1p(scale)`` (the series' volume) and sin/cos of the first target step's period.
+Series shorter than ``lookback`` are left-padded with zeros and mask 0 (windows with a padded start are also
+used in training, so the network has seen them); there is no mean fallback. Exogenous columns are ignored.
+
+Outputs: ``h x len(quantiles)`` in the scaled space, non-crossing and non-negative by construction: the quantile
+nearest 0.5 is ``softplus(a)``, those above add ``softplus`` increments, those below subtract them and are
+clipped at 0. Training minimises the pinball loss averaged over quantiles and steps.
+
+Training windows: every origin of every series whose ``h`` targets lie in ``train`` and that has at least
+`MIN_OBSERVED` observed points; the origins whose targets reach into the last ``validation_steps`` periods are
+held out for early stopping (best weights restored). Scoring runs the network through a ``tf.function``
+(``jit_compile=True``, falling back to plain graph mode where XLA fails) over all series in fixed-size batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("lstm", "tcn")
+EPSILON = 1e-3
+MIN_OBSERVED = 2
+N_CHANNELS = 5  # scaled demand, non-zero, observed, sin, cos
+N_STATIC = 3  # log1p(scale), sin/cos of the first target step
+
+
+@dataclass
+class _Panel:
+    """``train`` as a dense matrix on its shared calendar."""
+
+    ids: np.ndarray  # (S,)
+    values: np.ndarray  # (S, T), 0 where unobserved
+    observed: np.ndarray  # (S, T) 0/1
+    last: np.ndarray  # (S,) position of each series' last observation
+    scale: np.ndarray  # (S,)
+    grid: pd.DatetimeIndex  # (T + h,) the calendar, forecast steps included
+
+
+class KerasQuantileForecaster:
+    """Global LSTM / temporal-conv quantile model; call it like a backtest ``Forecaster``.
+
+    ``lookback`` defaults to ``2 * season_length`` capped at ``n - h`` (``n`` the number of periods in
+    ``train``), so that at least one full training window exists. ``validation_steps`` defaults to
+    ``max(1, min(h // 2, n // 8))`` periods. The fitted network of the latest call is kept as ``model``.
+    """
+
+    def __init__(
+        self,
+        arch: str = "lstm",
+        lookback: int | None = None,
+        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        epochs: int = 40,
+        seed: int = 0,
+        units: int = 32,
+        learning_rate: float = 3e-3,
+        batch_size: int = 256,
+        patience: int = 5,
+        validation_steps: int | None = None,
+        score_batch_size: int = 4096,
+        point_loss: float = 0.0,
+        metric_weights: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {arch!r}; known: {list(ARCHITECTURES)}")
+        quantiles = tuple(float(q) for q in quantiles)
+        if not quantiles or any(not 0 < q < 1 for q in quantiles) or list(quantiles) != sorted(set(quantiles)):
+            raise ValueError(f"quantiles must be distinct, increasing and in (0, 1); got {quantiles}")
+        self.arch = arch
+        self.lookback = lookback
+        self.quantiles = quantiles
+        self.epochs = epochs
+        self.seed = seed
+        self.units = units
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.patience = patience
+        self.validation_steps = validation_steps
+        self.score_batch_size = score_batch_size
+        self.point_loss = point_loss
+        self.metric_weights = metric_weights
+        self.verbose = verbose
+        self.model: keras.Model | None = None
+        self.history: dict[str, list[float]] = {}
+
+    @property
+    def columns(self) -> list[str]:
+        """Output column per quantile: ``p10``, ``p50``, ``p90`` (``p2.5`` style where not a whole percent)."""
+        return [f"p{100 * q:g}" for q in self.quantiles]
+
+    def __repr__(self) -> str:
+        return f"KerasQuantileForecaster(arch={self.arch!r}, lookback={self.lookback}, seed={self.seed})"
+
+    def __call__(self, train: pd.DataFrame, h: int, freq: str, season_length: int) -> pd.DataFrame:
+        """``unique_id, ds`` and one column per quantile (``p10, p50, p90`` by default), ``h`` rows per series."""
+        if h < 1 or season_length < 1:
+            raise ValueError(f"h and season_length must be >= 1; got h={h}, season_length={season_length}")
+        panel = _panel(train, h, freq)
+        n = panel.values.shape[1]
+        lookback = self.lookback or max(1, min(2 * season_length, n - h))
+        val_steps = self.validation_steps or max(1, min(h // 2, n // 8))
+        keras.utils.set_random_seed(self.seed)
+        self.model = model = _build(self.arch, lookback, h, len(self.quantiles), self.quantiles, self.units)
+        windows = _training_windows(panel, lookback, h, season_length, self.metric_weights)
+        self.history = self._fit(model, windows, n - val_steps, h)
+        x_seq, x_static = _inputs(panel, panel.last, lookback, season_length)
+        scaled = _score(self.model, x_seq, x_static, self.score_batch_size)  # (S, h, Q)
+        return _frame(panel, scaled * panel.scale[:, None, None], h, self.columns)
+
+    def _fit(self, model: keras.Model, windows, val_start: int, h: int) -> dict[str, list[float]]:
+        x_seq, x_static, target, target_end = windows
+        is_val = target_end >= val_start
+        if is_val.all() or not is_val.any():  # too little data for a split: fit on everything, no early stopping
+            fit_idx, val_idx = np.arange(len(target)), None
+        else:
+            fit_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        fit_idx = np.random.default_rng(self.seed).permutation(fit_idx)
+        loss = PinballLoss(self.quantiles, self.point_loss)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate, clipnorm=1.0), loss=loss, jit_compile=False)
+        callbacks, validation = [], None
+        if val_idx is not None:
+            validation = ((x_seq[val_idx], x_static[val_idx]), target[val_idx])
+            callbacks.append(
+                keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True, min_delta=1e-5)
+            )
+        history = model.fit(
+            (x_seq[fit_idx], x_static[fit_idx]),
+            target[fit_idx],
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            validation_data=validation,
+            callbacks=callbacks,
+            shuffle=True,
+            verbose=self.verbose,
+        )
+        return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+class PinballLoss(keras.losses.Loss):
+    """Weighted mean pinball loss over steps and quantiles, plus ``point_loss`` x weighted squared error of the
+    median quantile.
+
+    ``y_pred`` is (B, h, Q); ``y_true`` is (B, h + 2): the h scaled targets, then the pinball weight and the
+    squared-error weight of the window (packed so that both travel through ``fit`` with the targets).
+    """
+
+    def __init__(self, quantiles: Sequence[float], point_loss: float = 0.0, name: str = "pinball") -> None:
+        super().__init__(name=name)
+        self.quantiles = tuple(quantiles)
+        self.point_loss = float(point_loss)
+        self.anchor = int(np.argmin([abs(q - 0.5) for q in self.quantiles]))
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.cast(y_true, y_pred.dtype)
+        target, w_pinball, w_point = y_true[:, :-2], y_true[:, -2], y_true[:, -1]
+        q = ops.convert_to_tensor(self.quantiles, dtype=y_pred.dtype)
+        diff = ops.expand_dims(target, -1) - y_pred
+        loss = w_pinball * ops.mean(ops.maximum(q * diff, (q - 1.0) * diff), axis=(-2, -1))
+        if self.point_loss:
+            loss = loss + self.point_loss * w_point * ops.mean(ops.square(diff[..., self.anchor]), axis=-1)
+        return loss
+
+
+class NonCrossingQuantiles(keras.layers.Layer):
+    """(B, h, Q) raw outputs -> non-negative, non-crossing quantiles (see the module doc)."""
+
+    def __init__(self, quantiles: Sequence[float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.quantiles = tuple(quantiles)
+        self.anchor = int(np.argmin([abs(q - 0.5) for q in self.quantiles]))
+
+    def call(self, raw):
+        ops, k = keras.ops, self.anchor
+        middle = ops.softplus(raw[..., k : k + 1])
+        parts = [middle]
+        if k > 0:  # below the anchor: subtract cumulative increments, nearest first, then clip at 0
+            gaps = ops.flip(ops.softplus(raw[..., :k]), axis=-1)
+            parts.insert(0, ops.flip(ops.relu(middle - ops.cumsum(gaps, axis=-1)), axis=-1))
+        if k < len(self.quantiles) - 1:
+            parts.append(middle + ops.cumsum(ops.softplus(raw[..., k + 1 :]), axis=-1))
+        return ops.concatenate(parts, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "quantiles": list(self.quantiles)}
+
+
+def _build(arch: str, lookback: int, h: int, n_quantiles: int, quantiles, units: int) -> keras.Model:
+    seq = keras.Input((lookback, N_CHANNELS), name="sequence")
+    static = keras.Input((N_STATIC,), name="static")
+    if arch == "lstm":
+        x = keras.layers.LSTM(units, return_sequences=True)(seq)
+        x = keras.layers.LSTM(units)(x)
+    else:  # temporal conv: causal dilated Conv1D stack with residuals, the last step summarises the window
+        x = keras.layers.Conv1D(units, 1)(seq)
+        dilation = 1
+        while dilation < lookback:
+            y = keras.layers.Conv1D(units, 2, padding="causal", dilation_rate=dilation, activation="relu")(x)
+            x = keras.layers.Add()([x, y])
+            dilation *= 2
+        x = keras.layers.Lambda(lambda t: t[:, -1, :])(x)
+    x = keras.layers.Concatenate()([x, static])
+    x = keras.layers.Dense(2 * units, activation="relu")(x)
+    raw = keras.layers.Reshape((h, n_quantiles))(keras.layers.Dense(h * n_quantiles)(x))
+    out = NonCrossingQuantiles(quantiles)(raw)
+    return keras.Model([seq, static], out, name=f"quantile_{arch}")
+
+
+def _panel(train: pd.DataFrame, h: int, freq: str) -> _Panel:
+    missing = [c for c in ("unique_id", "ds", "y") if c not in train.columns]
+    if missing:
+        raise ValueError(f"train is missing column(s) {missing}")
+    if train.empty:
+        raise ValueError("train has no rows")
+    ds = pd.to_datetime(train["ds"])
+    dates = pd.date_range(ds.min(), ds.max(), freq=freq)
+    position = dates.get_indexer(ds)
+    if (position < 0).any():
+        bad = ds[position < 0].iloc[0]
+        raise ValueError(f"ds {bad} is not on the {freq!r} calendar starting {ds.min()}")
+    ids, row = np.unique(train["unique_id"].to_numpy(), return_inverse=True)
+    values = np.zeros((len(ids), len(dates)), dtype=np.float32)
+    observed = np.zeros_like(values)
+    y = train["y"].to_numpy(dtype=np.float64)
+    keep = np.isfinite(y)
+    values[row[keep], position[keep]] = y[keep]
+    observed[row[keep], position[keep]] = 1.0
+    if (observed.sum(axis=1) == 0).any():
+        raise ValueError("every series needs at least one finite y")
+    last = len(dates) - 1 - np.argmax(observed[:, ::-1], axis=1)
+    scale = values.sum(axis=1) / observed.sum(axis=1) + EPSILON
+    grid = pd.date_range(dates[0], periods=len(dates) + h, freq=freq)
+    return _Panel(ids, values, observed, last, scale.astype(np.float32), grid)
+
+
+def _phase(position, season_length: int) -> tuple[np.ndarray, np.ndarray]:
+    angle = 2 * np.pi * (np.asarray(position) % season_length) / season_length
+    return np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)
+
+
+def _inputs(panel: _Panel, origin: np.ndarray, lookback: int, season_length: int, rows=None):
+    """Network inputs for windows ending at ``origin`` (one per entry, of series ``rows``, default all)."""
+    rows = np.arange(len(panel.ids)) if rows is None else rows
+    steps = origin[:, None] + np.arange(-lookback + 1, 1)[None, :]  # (W, L), may be < 0
+    valid = steps >= 0
+    clipped = np.clip(steps, 0, None)
+    scaled = panel.values[rows[:, None], clipped] / panel.scale[rows, None]
+    observed = panel.observed[rows[:, None], clipped] * valid
+    scaled = scaled * observed
+    sin, cos = _phase(steps, season_length)
+    seq = np.stack([scaled, (scaled > 0).astype(np.float32), observed, sin, cos], axis=-1)
+    next_sin, next_cos = _phase(origin + 1, season_length)
+    static = np.stack([np.log1p(panel.scale[rows]), next_sin, next_cos], axis=-1)
+    return seq.astype(np.float32), static.astype(np.float32)
+
+
+def _naive_scales(panel: _Panel, season_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """In-sample MAE and MSE of the seasonal naive per series (lag 1 where a season is not available)."""
+    mae, mse = np.full(len(panel.ids), np.nan), np.full(len(panel.ids), np.nan)
+    for lag in (1, season_length):  # the seasonal lag overwrites wherever it is defined
+        if lag >= panel.values.shape[1]:
+            continue
+        both = panel.observed[:, lag:] * panel.observed[:, :-lag]
+        diff = (panel.values[:, lag:] - panel.values[:, :-lag]) * both
+        count = both.sum(axis=1)
+        ok = count > 0
+        mae[ok] = np.abs(diff).sum(axis=1)[ok] / count[ok]
+        mse[ok] = (diff**2).sum(axis=1)[ok] / count[ok]
+    return mae, mse
+
+
+def _window_weights(panel: _Panel, season_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per series: scale / naive MAE and scale² / naive MSE, so that the weighted losses in the scaled space are
+    the backtest's scaled pinball and squared RMSSE terms; capped at their 99th percentile, mean 1."""
+    mae, mse = _naive_scales(panel, season_length)
+    weights = []
+    for w in (panel.scale / mae, panel.scale**2 / mse):
+        w = np.where(np.isfinite(w) & (w > 0), w, np.nan)
+        fill = np.nanmedian(w) if np.isfinite(w).any() else 1.0
+        w = np.nan_to_num(w, nan=fill)
+        w = np.minimum(w, np.percentile(w, 99))
+        weights.append((w / w.mean()).astype(np.float32))
+    return weights[0], weights[1]
+
+
+def _training_windows(panel: _Panel, lookback: int, h: int, season_length: int, metric_weights: bool = True):
+    """Inputs, packed targets (see `PinballLoss`) and the last target position of every usable window."""
+    n = panel.values.shape[1]
+    origins = np.arange(n - h)  # targets origin+1 .. origin+h must lie in the panel
+    rows, origin = (a.ravel() for a in np.meshgrid(np.arange(len(panel.ids)), origins, indexing="ij"))
+    targets = origin[:, None] + np.arange(1, h + 1)[None, :]
+    counts = np.cumsum(panel.observed, axis=1)
+    observed_before = counts[rows, origin]
+    targets_observed = panel.observed[rows[:, None], targets].all(axis=1)
+    usable = (observed_before >= MIN_OBSERVED) & targets_observed
+    rows, origin, targets = rows[usable], origin[usable], targets[usable]
+    if not len(rows):
+        raise ValueError(f"no series has {MIN_OBSERVED} observations followed by h={h} more: too little data")
+    seq, static = _inputs(panel, origin, lookback, season_length, rows)
+    target = panel.values[rows[:, None], targets] / panel.scale[rows, None]
+    if metric_weights:
+        w_pinball, w_point = (w[rows] for w in _window_weights(panel, season_length))
+    else:
+        w_pinball = w_point = np.ones(len(rows), dtype=np.float32)
+    packed = np.concatenate([target, w_pinball[:, None], w_point[:, None]], axis=1)
+    return seq, static, packed.astype(np.float32), targets[:, -1]
+
+
+def _score(model: keras.Model, seq: np.ndarray, static: np.ndarray, batch_size: int) -> np.ndarray:
+    """Forecasts of all windows through one compiled function, in fixed-size batches (the last one padded)."""
+    batch_size = max(1, min(batch_size, len(seq)))
+    compiled = tf.function(lambda s, c: model([s, c], training=False), jit_compile=True, reduce_retracing=True)
+    try:
+        return _batched(compiled, seq, static, batch_size)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as exc:
+        log.warning("XLA scoring failed (%s); scoring without jit_compile", type(exc).__name__)
+        plain = tf.function(lambda s, c: model([s, c], training=False), reduce_retracing=True)
+        return _batched(plain, seq, static, batch_size)
+
+
+def _batched(fn, seq: np.ndarray, static: np.ndarray, batch_size: int) -> np.ndarray:
+    outputs = []
+    for start in range(0, len(seq), batch_size):
+        s, c = seq[start : start + batch_size], static[start : start + batch_size]
+        size = len(s)
+        if size < batch_size:  # same shape every call: one trace, one compilation
+            s = np.concatenate([s, np.zeros((batch_size - size, *s.shape[1:]), s.dtype)])
+            c = np.concatenate([c, np.zeros((batch_size - size, *c.shape[1:]), c.dtype)])
+        outputs.append(fn(tf.constant(s), tf.constant(c)).numpy()[:size])
+    return np.concatenate(outputs)
+
+
+def _frame(panel: _Panel, forecasts: np.ndarray, h: int, columns: list[str]) -> pd.DataFrame:
+    steps = panel.last[:, None] + np.arange(1, h + 1)[None, :]
+    frame = pd.DataFrame({"unique_id": np.repeat(panel.ids, h), "ds": panel.grid[steps.ravel()]})
+    values = np.clip(forecasts.reshape(-1, forecasts.shape[-1]).astype(np.float64), 0, None)
+    for i, column in enumerate(columns):
+        frame[column] = values[:, i]
+    return frame
