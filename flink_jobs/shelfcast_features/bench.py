@@ -203,17 +203,18 @@ def _report(
     live_rate: int,
     job: FeatureJobSettings,
 ) -> dict:
-    def time_at(fraction: float) -> float:
-        return next(t for t, done in samples if done >= fraction * events)
+    def first_sample_past(fraction: float) -> tuple[float, int]:
+        return next((t, done) for t, done in samples if done >= fraction * events)
 
-    t10, t90 = time_at(0.1), time_at(0.9)
+    # Offsets move only at checkpoints: take the events actually committed between the two samples.
+    (t10, done10), (t90, done90) = first_sample_past(0.1), first_sample_past(0.9)
     first = next(t for t, done in samples if done > 0)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
         "events": events,
         "skus": skus,
         "granularities": job.granularities,
-        "steady_state_events_per_s": round(0.8 * events / (t90 - t10)),
+        "steady_state_events_per_s": round((done90 - done10) / (t90 - t10)),
         "startup_s": round(first, 1),
         "backlog_done_s": round(samples[-1][0], 1),
         "cpu_s_startup_and_backlog": cpu,
