@@ -79,5 +79,5 @@ def _forecasters(keras: bool) -> dict:
 def _print(scores: "pd.DataFrame", console: Console) -> None:
     table = Table("model", *scores.columns, title="backtest")
     for model, row in scores.iterrows():
-        table.add_row(str(model), *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(str(model), *(str(int(v)) if float(v).is_integer() else f"{v:.4f}" for v in row))
     console.print(table)
