@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import httpx
+import aiohttp
 import numpy as np
 import orjson
 import typer
@@ -60,11 +60,12 @@ def _raw_rate(settings: Settings, events: list[dict], progress: Progress) -> flo
     return len(records) / (time.perf_counter() - started)
 
 
-async def _post(client: httpx.AsyncClient, body: bytes) -> float:
+async def _post(client: aiohttp.ClientSession, body: bytes) -> float:
     started = time.perf_counter()
-    response = await client.post("/v1/events", content=body)
-    if response.status_code != 200:
-        raise RuntimeError(f"ingest answered {response.status_code}: {response.text[:200]}")
+    async with client.post("/v1/events", data=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"ingest answered {response.status}: {(await response.text())[:200]}")
+        await response.read()
     return time.perf_counter() - started
 
 
@@ -72,7 +73,7 @@ async def _http_rate(base_url: str, bodies: list[bytes], in_flight: int, progres
     task = progress.add_task("http -> acked", total=len(bodies))
     queue = list(reversed(bodies))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: aiohttp.ClientSession) -> None:
         while queue:
             await _post(client, queue.pop())
             progress.advance(task)
@@ -95,9 +96,16 @@ async def _latencies(base_url: str, bodies: list[bytes], per_second: float, prog
         return list(await asyncio.gather(*pending))
 
 
-def _client(base_url: str) -> httpx.AsyncClient:
+def _client(base_url: str) -> aiohttp.ClientSession:
+    """aiohttp, not httpx: the load generator shares the cores with the server, and with httpx's heavier
+    requests the measured ratio was 0.44-0.56x instead of 0.57-0.77x."""
     headers = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30, limits=httpx.Limits(max_connections=16))
+    return aiohttp.ClientSession(
+        base_url=base_url,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=30),
+        connector=aiohttp.TCPConnector(limit=64),
+    )
 
 
 def _serve(settings: Settings, base_url: str, log_dir: Path, workers: int) -> ManagedProcess:
