@@ -98,9 +98,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _is_ndjson(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == NDJSON
+
+
 def _parse(body: bytes, content_type: str) -> tuple[list[Any], list[RejectedEvent]]:
     """The items of the request, and the NDJSON lines that are not JSON (as rejections)."""
-    if content_type.split(";")[0].strip().lower() == NDJSON:
+    if _is_ndjson(content_type):
         items: list[Any] = []
         bad_lines = []
         for index, line in enumerate(body.splitlines()):
@@ -123,7 +127,7 @@ def _parse(body: bytes, content_type: str) -> tuple[list[Any], list[RejectedEven
 
 def _validate_request(body: bytes, content_type: str) -> tuple[list[Event], list[RejectedEvent]]:
     """The valid events and the rejections, in request order."""
-    if content_type.split(";")[0].strip().lower() != NDJSON and body.lstrip()[:1] == b"[":
+    if not _is_ndjson(content_type) and body.lstrip()[:1] == b"[":
         try:  # the common case, a valid batch, in one pass of pydantic-core over the raw bytes
             return _EVENT_LIST.validate_json(body), []
         except ValidationError:
