@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shelfcast.errors import InfraUnavailable, ShelfcastError
-from shelfcast.kafka import check_kafka, ensure_topics
+from shelfcast.kafka import check_kafka, ensure_topics, first_broker_address
 from shelfcast.settings import Settings
 from shelfcast.store import connect_redis
 
@@ -188,10 +188,10 @@ class Infra:
             check_kafka(bootstrap)
             return
         except InfraUnavailable:
-            host, _, port = bootstrap.split(",")[0].rpartition(":")
-            if not embedded or host not in _LOOPBACK or not port.isdigit():
+            host, port = first_broker_address(bootstrap)
+            if not embedded or host not in _LOOPBACK:
                 raise
-        procs["kafka"] = start_kafka(int(port), self.settings.state_dir / "logs")
+        procs["kafka"] = start_kafka(port, self.settings.state_dir / "logs")
 
     def _ensure_redis(self, procs: dict[str, ManagedProcess], embedded: bool) -> None:
         url = self.settings.redis_url

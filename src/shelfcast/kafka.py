@@ -94,7 +94,8 @@ class DeadLetterWriter:
         return letter
 
 
-def _first_address(bootstrap: str) -> tuple[str, int]:
+def first_broker_address(bootstrap: str) -> tuple[str, int]:
+    """(host, port) of the first server in a bootstrap list; `InfraUnavailable` when it is not host:port."""
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     if not host or not port.isdigit():
         raise InfraUnavailable(f"Kafka bootstrap {bootstrap!r} is not host:port")
@@ -103,7 +104,7 @@ def _first_address(bootstrap: str) -> tuple[str, int]:
 
 def check_kafka(bootstrap: str, timeout: float = 3.0) -> ClusterMetadata:
     """Cluster metadata, or `InfraUnavailable` naming the broker address and what went wrong."""
-    host, port = _first_address(bootstrap)
+    host, port = first_broker_address(bootstrap)
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
