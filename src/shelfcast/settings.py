@@ -38,9 +38,6 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(default=None, description="a file with one API key per line")
 
     ingest_port: int = Field(default=8080, ge=1, le=65535)
-    forecaster_port: int = Field(default=8081, ge=1, le=65535)
-    agent_metrics_port: int = Field(default=8082, ge=1, le=65535)
-    features_metrics_port: int = Field(default=8083, ge=1, le=65535)
 
     def load_api_keys(self) -> set[str]:
         """Keys from `SHELFCAST_API_KEYS` and, when set, `SHELFCAST_API_KEYS_FILE` (blank lines and # ignored)."""
