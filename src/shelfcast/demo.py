@@ -29,7 +29,7 @@ from shelfcast.kafka import make_consumer, make_producer
 from shelfcast.settings import Settings
 from shelfcast.store import connect_redis, feature_key
 
-NOT_BUILT = ["forecaster", "inventory agent", "HTML report"]
+NOT_BUILT = ["forecaster serving (its backtest exists)", "inventory agent", "HTML report"]
 POISON = [b"{not json", b'{"event_id": "x", "type": "teleport"}', b"\xff\xfe"]
 REPORT_DIR = Path("reports/demo")
 GRANULARITIES = ("1m", "1h", "1d")
