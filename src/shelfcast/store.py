@@ -14,9 +14,11 @@ import redis
 from shelfcast.contracts import FeatureWindow
 from shelfcast.errors import InfraUnavailable
 
+KEY_PREFIX = "sc:feat:"
+
 
 def feature_key(sku: str, granularity: str) -> str:
-    return f"sc:feat:{sku}:{granularity}"
+    return f"{KEY_PREFIX}{sku}:{granularity}"
 
 
 def connect_redis(url: str, timeout: float = 3.0) -> redis.Redis:
@@ -57,6 +59,23 @@ class FeatureStore:
         """The newest `n` windows, oldest first: one row per window, the `FeatureWindow` fields as columns."""
         raw = cast(list[bytes], self._redis.zrange(feature_key(sku, granularity), 0, n - 1, desc=True))
         return _frame(reversed(raw))
+
+    def latest_many(self, skus: Iterable[str], granularity: str, n: int) -> dict[str, list[FeatureWindow]]:
+        """The newest `n` windows of each SKU, oldest first, in one round trip (SKUs without windows: [])."""
+        skus = list(skus)
+        pipe = self._redis.pipeline(transaction=False)
+        for sku in skus:
+            pipe.zrange(feature_key(sku, granularity), 0, n - 1, desc=True)
+        results = cast(list[list[bytes]], pipe.execute())
+        return {
+            sku: [FeatureWindow.model_validate_json(m) for m in reversed(raw)]
+            for sku, raw in zip(skus, results, strict=True)
+        }
+
+    def skus(self, granularity: str) -> list[str]:
+        """Every SKU with windows at `granularity`, sorted (a SCAN: fine for training jobs, not per request)."""
+        keys = self._redis.scan_iter(match=feature_key("*", granularity), count=1_000)
+        return sorted({k.decode()[len(KEY_PREFIX) : -len(granularity) - 1] for k in keys})
 
     def history(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Windows whose `window_end` lies in [start_ms, end_ms], oldest first."""

@@ -12,7 +12,8 @@ Inputs of one window (``lookback`` steps ending at the forecast origin):
   training window's scale saw demand after its origin (a mild level leak, the same for training and
   validation windows; at forecast time the scale uses the past only);
 - a 0/1 "non-zero demand" channel (intermittency) and a 0/1 "observed" mask channel;
-- sin/cos of the step's period within the season (positions on the shared ``freq`` calendar of ``train``).
+- sin/cos of the step's period within the season: its `calendar_position` (periods since a fixed epoch on the
+  ``freq`` calendar) modulo ``season_length``, so that training and serving agree on the phase of any date.
 Per window also ``log1p(scale)`` (the series' volume) and sin/cos of the first target step's period.
 Series shorter than ``lookback`` are left-padded with zeros and mask 0 (windows with a padded start are also
 used in training, so the network has seen them); there is no mean fallback. Exogenous columns are ignored.
@@ -25,14 +26,20 @@ Training windows: every origin of every series whose ``h`` targets lie in ``trai
 `MIN_OBSERVED` observed points; the origins whose targets reach into the last ``validation_steps`` periods are
 held out for early stopping (best weights restored). Scoring runs the network through a ``tf.function``
 (``jit_compile=True``, falling back to plain graph mode where XLA fails) over all series in fixed-size batches.
+
+``fit`` + ``predict`` split the call for training and serving; ``export`` writes a TensorFlow SavedModel whose
+``serve`` endpoint takes ``[sequence, static]`` as built by `encode_windows` (the serving side needs no Keras
+objects).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,6 +50,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 import tensorflow as tf
 
+from shelfcast_forecaster.registry import ModelSpec
+
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("lstm", "tcn")
@@ -50,6 +59,7 @@ EPSILON = 1e-3
 MIN_OBSERVED = 2
 N_CHANNELS = 5  # scaled demand, non-zero, observed, sin, cos
 N_STATIC = 3  # log1p(scale), sin/cos of the first target step
+CALENDAR_EPOCH = pd.Timestamp("1970-01-05")  # a Monday: phase 0 of a weekly season on daily data
 
 
 @dataclass
@@ -62,6 +72,7 @@ class _Panel:
     last: np.ndarray  # (S,) position of each series' last observation
     scale: np.ndarray  # (S,)
     grid: pd.DatetimeIndex  # (T + h,) the calendar, forecast steps included
+    offset: int  # calendar_position of grid[0]
 
 
 class KerasQuantileForecaster:
@@ -109,11 +120,11 @@ class KerasQuantileForecaster:
         self.metric_weights = metric_weights
         self.verbose = verbose
         self.model: keras.Model | None = None
+        self.spec: ModelSpec | None = None
         self.history: dict[str, list[float]] = {}
 
     @property
     def columns(self) -> list[str]:
-        """Output column per quantile: ``p10``, ``p50``, ``p90`` (``p2.5`` style where not a whole percent)."""
         return [f"p{100 * q:g}" for q in self.quantiles]
 
     def __repr__(self) -> str:
@@ -121,6 +132,10 @@ class KerasQuantileForecaster:
 
     def __call__(self, train: pd.DataFrame, h: int, freq: str, season_length: int) -> pd.DataFrame:
         """``unique_id, ds`` and one column per quantile (``p10, p50, p90`` by default), ``h`` rows per series."""
+        return self.fit(train, h, freq, season_length).predict(train)
+
+    def fit(self, train: pd.DataFrame, h: int, freq: str, season_length: int) -> KerasQuantileForecaster:
+        """Train a fresh network on every window of ``train``; sets ``model``, ``spec`` and ``history``."""
         if h < 1 or season_length < 1:
             raise ValueError(f"h and season_length must be >= 1; got h={h}, season_length={season_length}")
         panel = _panel(train, h, freq)
@@ -128,12 +143,35 @@ class KerasQuantileForecaster:
         lookback = self.lookback or max(1, min(2 * season_length, n - h))
         val_steps = self.validation_steps or max(1, min(h // 2, n // 8))
         keras.utils.set_random_seed(self.seed)
+        self.spec = ModelSpec(
+            arch=self.arch,
+            lookback=lookback,
+            horizon=h,
+            freq=freq,
+            season_length=season_length,
+            quantiles=self.quantiles,
+        )
         self.model = model = _build(self.arch, lookback, h, len(self.quantiles), self.quantiles, self.units)
         windows = _training_windows(panel, lookback, h, season_length, self.metric_weights)
         self.history = self._fit(model, windows, n - val_steps, h)
-        x_seq, x_static = _inputs(panel, panel.last, lookback, season_length)
+        return self
+
+    def predict(self, history: pd.DataFrame) -> pd.DataFrame:
+        """Forecast ``spec.horizon`` steps after each series' last ``ds`` in ``history`` (long format)."""
+        if self.model is None or self.spec is None:
+            raise RuntimeError("fit the forecaster first")
+        spec = self.spec
+        panel = _panel(history, spec.horizon, spec.freq)
+        x_seq, x_static = _inputs(panel, panel.last, spec.lookback, spec.season_length)
         scaled = _score(self.model, x_seq, x_static, self.score_batch_size)  # (S, h, Q)
-        return _frame(panel, scaled * panel.scale[:, None, None], h, self.columns)
+        return _frame(panel, scaled * panel.scale[:, None, None], spec.horizon, spec.columns)
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the fitted network as a TensorFlow SavedModel (endpoint ``serve``) into ``directory``."""
+        if self.model is None:
+            raise RuntimeError("fit the forecaster first")
+        self.model.export(str(directory), format="tf_saved_model", verbose=False)
+        return Path(directory)
 
     def _fit(self, model: keras.Model, windows, val_start: int, h: int) -> dict[str, list[float]]:
         x_seq, x_static, target, target_end = windows
@@ -213,6 +251,13 @@ class NonCrossingQuantiles(keras.layers.Layer):
         return {**super().get_config(), "quantiles": list(self.quantiles)}
 
 
+class LastStep(keras.layers.Layer):
+    """(B, T, C) -> (B, C): the last time step (a named layer rather than a Lambda, so the model serialises)."""
+
+    def call(self, x):
+        return x[:, -1, :]
+
+
 def _build(arch: str, lookback: int, h: int, n_quantiles: int, quantiles, units: int) -> keras.Model:
     seq = keras.Input((lookback, N_CHANNELS), name="sequence")
     static = keras.Input((N_STATIC,), name="static")
@@ -226,7 +271,7 @@ def _build(arch: str, lookback: int, h: int, n_quantiles: int, quantiles, units:
             y = keras.layers.Conv1D(units, 2, padding="causal", dilation_rate=dilation, activation="relu")(x)
             x = keras.layers.Add()([x, y])
             dilation *= 2
-        x = keras.layers.Lambda(lambda t: t[:, -1, :])(x)
+        x = LastStep()(x)
     x = keras.layers.Concatenate()([x, static])
     x = keras.layers.Dense(2 * units, activation="relu")(x)
     raw = keras.layers.Reshape((h, n_quantiles))(keras.layers.Dense(h * n_quantiles)(x))
@@ -256,9 +301,22 @@ def _panel(train: pd.DataFrame, h: int, freq: str) -> _Panel:
     if (observed.sum(axis=1) == 0).any():
         raise ValueError("every series needs at least one finite y")
     last = len(dates) - 1 - np.argmax(observed[:, ::-1], axis=1)
-    scale = values.sum(axis=1) / observed.sum(axis=1) + EPSILON
+    scale = series_scale(values, observed)
     grid = pd.date_range(dates[0], periods=len(dates) + h, freq=freq)
-    return _Panel(ids, values, observed, last, scale.astype(np.float32), grid)
+    return _Panel(ids, values, observed, last, scale.astype(np.float32), grid, calendar_position(dates[0], freq))
+
+
+@functools.lru_cache(maxsize=1024)
+def calendar_position(date: pd.Timestamp, freq: str) -> int:
+    """Periods from `CALENDAR_EPOCH` (rolled onto the ``freq`` calendar) to ``date``, which must be on it."""
+    epoch = pd.tseries.frequencies.to_offset(freq).rollforward(CALENDAR_EPOCH)
+    date = pd.Timestamp(date)
+    if date < epoch:
+        raise ValueError(f"dates before {epoch} are not supported")
+    steps = pd.date_range(epoch, date, freq=freq)
+    if steps[-1] != date:
+        raise ValueError(f"{date} is not on the {freq!r} calendar")
+    return len(steps) - 1
 
 
 def _phase(position, season_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,20 +324,39 @@ def _phase(position, season_length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)
 
 
+def encode_windows(values, observed, scale, origin_position, season_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs ``(sequence, static)`` for windows of raw demand ending at a forecast origin.
+
+    ``values`` and ``observed`` are (W, L): the ``lookback`` periods up to and including the origin, 0 where not
+    observed; ``scale`` (W,) is each series' scale; ``origin_position`` (W,) or a scalar is the `calendar_position`
+    of the origin.
+    """
+    values, observed = np.asarray(values, np.float32), np.asarray(observed, np.float32)
+    scale = np.asarray(scale, np.float32)
+    lookback = values.shape[1]
+    origin = np.broadcast_to(np.asarray(origin_position), (len(values),))
+    scaled = values / scale[:, None] * observed
+    sin, cos = _phase(origin[:, None] + np.arange(-lookback + 1, 1)[None, :], season_length)
+    seq = np.stack([scaled, (scaled > 0).astype(np.float32), observed, sin, cos], axis=-1)
+    next_sin, next_cos = _phase(origin + 1, season_length)
+    static = np.stack([np.log1p(scale), next_sin, next_cos], axis=-1)
+    return seq.astype(np.float32), static.astype(np.float32)
+
+
+def series_scale(values, observed) -> np.ndarray:
+    """Each row's scale: the mean of its observed demand plus `EPSILON` (rows need one observation)."""
+    values, observed = np.asarray(values, np.float32), np.asarray(observed, np.float32)
+    return (values * observed).sum(axis=1) / observed.sum(axis=1) + EPSILON
+
+
 def _inputs(panel: _Panel, origin: np.ndarray, lookback: int, season_length: int, rows=None):
     """Network inputs for windows ending at ``origin`` (one per entry, of series ``rows``, default all)."""
     rows = np.arange(len(panel.ids)) if rows is None else rows
     steps = origin[:, None] + np.arange(-lookback + 1, 1)[None, :]  # (W, L), may be < 0
-    valid = steps >= 0
     clipped = np.clip(steps, 0, None)
-    scaled = panel.values[rows[:, None], clipped] / panel.scale[rows, None]
-    observed = panel.observed[rows[:, None], clipped] * valid
-    scaled = scaled * observed
-    sin, cos = _phase(steps, season_length)
-    seq = np.stack([scaled, (scaled > 0).astype(np.float32), observed, sin, cos], axis=-1)
-    next_sin, next_cos = _phase(origin + 1, season_length)
-    static = np.stack([np.log1p(panel.scale[rows]), next_sin, next_cos], axis=-1)
-    return seq.astype(np.float32), static.astype(np.float32)
+    observed = panel.observed[rows[:, None], clipped] * (steps >= 0)
+    values = panel.values[rows[:, None], clipped]
+    return encode_windows(values, observed, panel.scale[rows], origin + panel.offset, season_length)
 
 
 def _naive_scales(panel: _Panel, season_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,13 +414,28 @@ def _training_windows(panel: _Panel, lookback: int, h: int, season_length: int, 
 def _score(model: keras.Model, seq: np.ndarray, static: np.ndarray, batch_size: int) -> np.ndarray:
     """Forecasts of all windows through one compiled function, in fixed-size batches (the last one padded)."""
     batch_size = max(1, min(batch_size, len(seq)))
-    compiled = tf.function(lambda s, c: model([s, c], training=False), jit_compile=True, reduce_retracing=True)
-    try:
-        return _batched(compiled, seq, static, batch_size)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as exc:
-        log.warning("XLA scoring failed (%s); scoring without jit_compile", type(exc).__name__)
-        plain = tf.function(lambda s, c: model([s, c], training=False), reduce_retracing=True)
-        return _batched(plain, seq, static, batch_size)
+    return CompiledScoring(lambda s, c: model([s, c], training=False))(seq, static, batch_size)
+
+
+class CompiledScoring:
+    """``call(sequence, static)`` behind one ``tf.function``, XLA-compiled when ``jit`` and XLA can compile it
+    (it falls back to plain graph mode for good after the first failure). Keep one instance per model: each new
+    batch shape costs a trace and a compilation, so callers use a few fixed batch sizes."""
+
+    def __init__(self, call, jit: bool = True) -> None:
+        self._call = call
+        self.jit = jit
+        self._fn = tf.function(call, jit_compile=jit)
+
+    def __call__(self, seq: np.ndarray, static: np.ndarray, batch_size: int) -> np.ndarray:
+        try:
+            return _batched(self._fn, seq, static, batch_size)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as exc:
+            if not self.jit:
+                raise
+            log.warning("XLA scoring failed (%s); scoring without jit_compile", type(exc).__name__)
+            self.jit, self._fn = False, tf.function(self._call)
+            return _batched(self._fn, seq, static, batch_size)
 
 
 def _batched(fn, seq: np.ndarray, static: np.ndarray, batch_size: int) -> np.ndarray:

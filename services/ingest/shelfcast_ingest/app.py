@@ -7,7 +7,6 @@ acks=all producer and the response waits for the broker's acknowledgement of eve
 """
 
 import hmac
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,9 +17,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shelfcast.contracts import Event, field_errors
+from shelfcast.http import ApiError, ErrorResponse, RequestTimer, error_response
 from shelfcast.kafka import make_producer
 from shelfcast.settings import Settings, get_settings
 from shelfcast_ingest.metrics import (
@@ -52,26 +51,6 @@ class RejectedEvent(BaseModel):
 class IngestResponse(BaseModel):
     accepted: int = Field(description="events acknowledged by the broker")
     rejected: list[RejectedEvent]
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(examples=["payload_too_large"])
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def _error_response(exc: ApiError) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(code=exc.code, message=exc.message))
-    return JSONResponse(body.model_dump(), status_code=exc.status, headers=exc.headers)
 
 
 def _event_request_body() -> dict[str, Any]:
@@ -164,32 +143,6 @@ def _count_received(accepted: list[Event], rejected: list[RejectedEvent]) -> Non
         EVENTS_REJECTED.labels(reason=field if field in _REASON_FIELDS else "other").inc(n)
 
 
-class RequestTimer:
-    """Pure ASGI middleware: request latency by route template (FastAPI's decorator form costs more)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-
-        async def send_and_note_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            route = scope.get("route")
-            path = route.path if route is not None else "unmatched"
-            REQUEST_SECONDS.labels(scope["method"], path, str(status)).observe(time.perf_counter() - started)
-
-
 def create_app(settings: Settings | None = None, ingest: IngestSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
     ingest = ingest or IngestSettings()
@@ -210,8 +163,8 @@ def create_app(settings: Settings | None = None, ingest: IngestSettings | None =
         description="Storefront events into Shelfcast. Every accepted event is durable when the response arrives.",
     )
     app.mount("/metrics", make_asgi_app())
-    app.add_middleware(RequestTimer)
-    app.add_exception_handler(ApiError, lambda _request, exc: _error_response(exc))  # type: ignore[arg-type]
+    app.add_middleware(RequestTimer, histogram=REQUEST_SECONDS)
+    app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]
 
     def require_api_key(request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
