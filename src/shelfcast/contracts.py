@@ -66,7 +66,8 @@ EpochMs = Annotated[
     WithJsonSchema({"type": "integer", "description": "UTC epoch milliseconds"}, mode="serialization"),
 ]
 # SKUs become parts of Redis keys (`sc:feat:{sku}:{gran}`): no ':' or whitespace.
-Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,63}$")]
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,63}$"
+Sku = Annotated[str, StringConstraints(pattern=SKU_PATTERN)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
@@ -190,6 +191,7 @@ class Forecast(Contract):
     model_version: Label
     horizon: int = Field(ge=1, le=366)
     freq: Label
+    start: EpochMs = Field(description="start of the first forecast period: the one after the newest data used")
     quantiles: dict[QuantileName, list[Annotated[float, Field(ge=0)]]] = Field(
         description="e.g. {p10: [...], p50: [...], p90: [...]}, each list `horizon` long"
     )

@@ -113,6 +113,7 @@ def forecast(quantiles: dict) -> bytes:
             "model_version": "1",
             "horizon": 2,
             "freq": "D",
+            "start": 1795564800000,
             "quantiles": quantiles,
         }
     ).encode()

@@ -13,7 +13,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pandas as pd
 
-app = typer.Typer(no_args_is_help=True, help="Demand forecasts: backtests (training and serving not built yet).")
+app = typer.Typer(no_args_is_help=True, help="Demand forecasts: backtests, training to a model registry, serving.")
 
 
 class Layout(StrEnum):
@@ -81,3 +81,90 @@ def _print(scores: "pd.DataFrame", console: Console) -> None:
     for model, row in scores.iterrows():
         table.add_row(str(model), *(str(int(v)) if float(v).is_integer() else f"{v:.4f}" for v in row))
     console.print(table)
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option(help="Model registry root: versions/<version>/ and the `current` pointer.")],
+    horizon: Annotated[int, typer.Option(min=1, help="Periods each forecast covers.")],
+    freq: Annotated[str, typer.Option(help="pandas frequency of ds, e.g. D, W, MS.")],
+    season_length: Annotated[int, typer.Option(min=1)],
+    data: Annotated[Path | None, typer.Option(help="Long format (unique_id, ds, y, ...) as CSV or Parquet.")] = None,
+    layout: Annotated[Layout, typer.Option(help="carparts: the wide layout of ../shared/data/carparts.csv.gz")] = (
+        Layout.long
+    ),
+    from_redis: Annotated[
+        str | None, typer.Option(help="Train on the feature store's windows of this granularity (1m, 1h, 1d).")
+    ] = None,
+    arch: Annotated[
+        list[str] | None, typer.Option(help="Candidate architectures (default lstm and tcn); validation picks one.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Validate each architecture on the last horizon, refit the best on all data, publish it as `current`."""
+    from shelfcast_forecaster.models import ARCHITECTURES
+    from shelfcast_forecaster.registry import ModelRegistry
+    from shelfcast_forecaster.train import train_and_publish
+
+    console = Console()
+    df, source = _training_data(data, layout, from_redis)
+    with console.status("training") as status:
+        card = train_and_publish(
+            df,
+            ModelRegistry(out),
+            horizon,
+            freq,
+            season_length,
+            source,
+            tuple(arch or ARCHITECTURES),
+            epochs,
+            seed,
+            progress=status.update,
+        )
+    table = Table("model", "scaled_pinball", "rmsse", "coverage", title=f"validation, last {horizon} periods")
+    for name, row in card.validation.items():
+        table.add_row(name, *(f"{row[k]:.4f}" for k in ("scaled_pinball", "rmsse", "coverage")))
+    console.print(table)
+    console.print(f"published {card.version} ({card.spec.arch}) to {out}; it is now current")
+
+
+def _training_data(data: Path | None, layout: Layout, from_redis: str | None) -> tuple["pd.DataFrame", str]:
+    from shelfcast_forecaster.data import load_carparts, load_series
+
+    if (data is None) == (from_redis is None):
+        raise typer.BadParameter("give exactly one of --data or --from-redis")
+    if data is not None:
+        return (load_carparts(data) if layout is Layout.carparts else load_series(data)), str(data)
+    from shelfcast.settings import get_settings
+    from shelfcast.store import FeatureStore, connect_redis
+    from shelfcast_forecaster.scoring import feature_store_history
+    from shelfcast_forecaster.settings import ForecasterSettings
+
+    settings = get_settings()
+    store = FeatureStore(connect_redis(settings.redis_url))
+    depth = ForecasterSettings().history_windows
+    return feature_store_history(store, str(from_redis), depth), f"{settings.redis_url} {from_redis} windows"
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: SHELFCAST_FORECASTER_PORT).")] = None,
+    stream: Annotated[bool, typer.Option(help="Run the Kafka scoring loop beside the HTTP API.")] = True,
+) -> None:
+    """Serve forecasts over HTTP, score `shelfcast.features` into `shelfcast.forecasts`, hot-reload the model."""
+    import uvicorn
+
+    from shelfcast_forecaster.app import create_app
+    from shelfcast_forecaster.settings import ForecasterSettings
+
+    config = ForecasterSettings()
+    uvicorn.run(
+        create_app(config=config, stream=stream),
+        host=host,
+        port=port or config.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )

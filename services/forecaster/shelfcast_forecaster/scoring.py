@@ -22,6 +22,7 @@ import pandas as pd
 from scipy.stats import poisson
 
 from shelfcast.contracts import FeatureWindow, Forecast
+from shelfcast.store import FeatureStore
 from shelfcast_forecaster.models import CompiledScoring, calendar_position, encode_windows, series_scale
 from shelfcast_forecaster.registry import CARD, SAVED_MODEL, ModelCard
 
@@ -43,6 +44,7 @@ class Demand:
 
     sku: str
     origin_ms: int  # start of the newest period
+    period_ms: int
     units: np.ndarray
 
 
@@ -56,7 +58,28 @@ def demand_from_windows(sku: str, windows: Sequence[FeatureWindow], granularity:
     index = (starts - first) // period
     units = np.zeros(int(index.max()) + 1, dtype=np.float32)
     np.add.at(units, index, [w.units for w in windows])
-    return Demand(sku, first + period * (len(units) - 1), units)
+    return Demand(sku, first + period * (len(units) - 1), period, units)
+
+
+def feature_store_history(store: FeatureStore, granularity: str, depth: int) -> pd.DataFrame:
+    """Long-format training data (``unique_id, ds, y``) from the newest ``depth`` windows of every SKU in the
+    store: the same demand as `demand_from_windows`, each SKU running to the newest period of any SKU."""
+    skus = store.skus(granularity)
+    demand = [
+        d
+        for sku, w in store.latest_many(skus, granularity, depth).items()
+        if (d := demand_from_windows(sku, w, granularity)) is not None
+    ]
+    if not demand:
+        raise ValueError(f"the feature store has no {granularity} windows")
+    end = max(d.origin_ms for d in demand)
+    frames = []
+    for d in demand:
+        units = np.concatenate([d.units, np.zeros((end - d.origin_ms) // d.period_ms, np.float32)])
+        start = d.origin_ms - d.period_ms * (len(d.units) - 1)
+        ds = pd.to_datetime(start + d.period_ms * np.arange(len(units)), unit="ms")
+        frames.append(pd.DataFrame({"unique_id": d.sku, "ds": ds, "y": units.astype(np.float64)}))
+    return pd.concat(frames, ignore_index=True)
 
 
 class Scorer:
@@ -109,6 +132,7 @@ class Scorer:
             model_version=self.version,
             horizon=spec.horizon,
             freq=spec.freq,
+            start=d.origin_ms + d.period_ms,
             quantiles={col: [round(float(v), 4) for v in values[:, i]] for i, col in enumerate(spec.columns)},
             fallback=fallback,
         )

@@ -1,0 +1,34 @@
+"""Prometheus metrics of the forecaster (`shelfcast_forecaster_*`)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SCORING_SECONDS = Histogram(
+    "shelfcast_forecaster_scoring_duration_seconds",
+    "Time to score one micro-batch (history read, network, records)",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "shelfcast_forecaster_batch_size_skus",
+    "SKUs per scored micro-batch",
+    ["source"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+)
+FORECASTS = Counter("shelfcast_forecaster_forecasts", "Forecasts issued", ["model", "fallback"])
+MODEL_VERSION = Gauge("shelfcast_forecaster_model_info", "The serving model version (value 1)", ["version", "arch"])
+MODEL_RELOADS = Counter("shelfcast_forecaster_model_reloads", "Model versions loaded", ["outcome"])
+FRESHNESS_SECONDS = Histogram(
+    "shelfcast_forecaster_forecast_freshness_seconds",
+    "From the end of the newest feature window a forecast used to the forecast being issued",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400),
+)
+LAST_FORECAST_TIMESTAMP = Gauge(
+    "shelfcast_forecaster_last_forecast_timestamp_seconds", "Unix time of the newest forecast published"
+)
+WINDOWS_CONSUMED = Counter("shelfcast_forecaster_windows_consumed", "Feature windows read", ["outcome"])
+REQUEST_SECONDS = Histogram(
+    "shelfcast_forecaster_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

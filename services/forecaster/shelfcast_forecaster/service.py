@@ -1,0 +1,192 @@
+"""The forecaster's core, shared by the HTTP API and the Kafka scoring loop.
+
+`ForecastService` scores SKUs with the registry's current model over their feature-store history and caches each
+forecast in Redis at ``sc:fcst:{sku}`` (the JSON of the `Forecast`). `ScoringLoop` consumes ``shelfcast.features``,
+coalesces the updated SKUs into micro-batches, scores them, and publishes to ``shelfcast.forecasts``; it commits its
+offsets only after the forecasts are acknowledged, and a batch that fails (Redis or the broker away) is retried
+until it succeeds, so no update is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+import redis
+from confluent_kafka import KafkaError, Message
+
+from shelfcast.contracts import FeatureWindow, Forecast
+from shelfcast.errors import ContractError
+from shelfcast.kafka import DeadLetterWriter, make_consumer, make_producer, produce
+from shelfcast.settings import Settings
+from shelfcast.store import FeatureStore
+from shelfcast_forecaster.monitoring import (
+    BATCH_SIZE,
+    FORECASTS,
+    FRESHNESS_SECONDS,
+    LAST_FORECAST_TIMESTAMP,
+    MODEL_RELOADS,
+    MODEL_VERSION,
+    SCORING_SECONDS,
+    WINDOWS_CONSUMED,
+)
+from shelfcast_forecaster.registry import ModelRegistry
+from shelfcast_forecaster.scoring import GRANULARITY_FREQ, Scorer, demand_from_windows
+from shelfcast_forecaster.settings import ForecasterSettings
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(sku: str) -> str:
+    return f"sc:fcst:{sku}"
+
+
+class NoModel(RuntimeError):
+    """The registry has no current model version (train one first)."""
+
+
+class ForecastService:
+    """Forecasts per SKU from the current model (`reload_if_changed` swaps it), cached in Redis."""
+
+    def __init__(self, client: redis.Redis, config: ForecasterSettings) -> None:
+        self.redis = client
+        self.config = config
+        self.store = FeatureStore(client)
+        self.registry = ModelRegistry(config.registry)
+        self.scorer: Scorer | None = None
+
+    def reload_if_changed(self) -> bool:
+        """Load the registry's current version when it differs from the one serving; True when swapped."""
+        version = self.registry.current_version()
+        if version is None or (self.scorer is not None and self.scorer.version == version):
+            return False
+        try:
+            scorer = Scorer(self.registry.path(version), jit=self.config.jit)
+            expected = GRANULARITY_FREQ[self.config.granularity]
+            if scorer.spec.freq != expected:
+                raise ValueError(
+                    f"model freq {scorer.spec.freq!r}, but {self.config.granularity} windows are {expected!r}"
+                )
+        except Exception:
+            MODEL_RELOADS.labels(outcome="failed").inc()
+            log.exception("model version %s could not be loaded; still serving %s", version, self.version)
+            return False
+        self.scorer = scorer  # one attribute swap: requests in flight finish on the old model
+        MODEL_VERSION.clear()
+        MODEL_VERSION.labels(version=version, arch=scorer.spec.arch).set(1)
+        MODEL_RELOADS.labels(outcome="loaded").inc()
+        log.info("serving model %s (%s on %s)", version, scorer.spec.arch, scorer.device)
+        return True
+
+    @property
+    def version(self) -> str | None:
+        return self.scorer.version if self.scorer is not None else None
+
+    def cached(self, skus: list[str]) -> list[bytes | None]:
+        return self.redis.mget([cache_key(s) for s in skus])  # type: ignore[return-value]
+
+    def score(self, skus: Iterable[str], source: str) -> dict[str, Forecast]:
+        """Fresh forecasts of the SKUs that have history (others are left out), cached in Redis."""
+        scorer = self.scorer
+        if scorer is None:
+            raise NoModel("no model in the registry: run `shelfcast forecaster train ... --out REGISTRY`")
+        started = time.perf_counter()
+        gran = self.config.granularity
+        windows = self.store.latest_many(skus, gran, self.config.history_windows)
+        demand = [d for sku, w in windows.items() if (d := demand_from_windows(sku, w, gran)) is not None]
+        if not demand:
+            return {}
+        now_ms = int(time.time() * 1000)
+        forecasts = scorer.forecasts(demand, now_ms)
+        pipe = self.redis.pipeline(transaction=False)
+        for f in forecasts:
+            pipe.set(cache_key(f.sku), f.to_bytes(), ex=self.config.cache_ttl_seconds)
+        pipe.execute()
+        SCORING_SECONDS.labels(source=source).observe(time.perf_counter() - started)
+        BATCH_SIZE.labels(source=source).observe(len(forecasts))
+        for f, d in zip(forecasts, demand, strict=True):
+            FORECASTS.labels(model=f.model, fallback=str(f.fallback).lower()).inc()
+            FRESHNESS_SECONDS.observe(max(0.0, now_ms - d.origin_ms - d.period_ms) / 1000)
+        return {f.sku: f for f in forecasts}
+
+
+class ScoringLoop:
+    """``shelfcast.features`` -> micro-batches of SKUs -> forecasts in Redis and on ``shelfcast.forecasts``."""
+
+    def __init__(self, service: ForecastService, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.config = service.config
+        self.consumer = make_consumer(settings, service.config.group_id)
+        self.producer = make_producer(settings)
+        self.dead_letters = DeadLetterWriter(self.producer, settings.topics.events_dlq, stage="forecaster")
+        self.published = 0
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe([self.settings.topics.features])
+        try:
+            while not stop.is_set():
+                skus, messages = self._collect(stop)
+                if skus and not self._publish_until_done(skus, stop):
+                    break  # stopped before the batch was published: leave its offsets uncommitted
+                if messages:
+                    self.consumer.commit(asynchronous=False)
+        finally:
+            self.producer.flush(10)
+            self.consumer.close()
+
+    def _collect(self, stop: threading.Event) -> tuple[list[str], int]:
+        """SKUs updated at the model's granularity, collected for up to ``linger_ms`` after the first record."""
+        skus: dict[str, None] = {}
+        seen, deadline = 0, None
+        while not stop.is_set() and len(skus) < self.config.max_batch:
+            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
+            batch = self.consumer.consume(num_messages=self.config.max_batch, timeout=timeout)
+            for msg in batch:
+                if (sku := self._sku_of(msg)) is not None:
+                    skus[sku] = None
+            seen += len(batch)
+            if seen and deadline is None:
+                deadline = time.monotonic() + self.config.linger_ms / 1000
+            if deadline is None or time.monotonic() >= deadline:
+                break
+        return list(skus), seen
+
+    def _sku_of(self, msg: Message) -> str | None:
+        if (error := msg.error()) is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return None
+        try:
+            window = FeatureWindow.from_bytes(msg.value() or b"")
+        except ContractError as exc:
+            WINDOWS_CONSUMED.labels(outcome="invalid").inc()
+            self.dead_letters.send_message(msg, f"not a feature window: {exc}")
+            return None
+        if window.granularity != self.config.granularity:
+            WINDOWS_CONSUMED.labels(outcome="other_granularity").inc()
+            return None
+        WINDOWS_CONSUMED.labels(outcome="scored").inc()
+        return window.sku
+
+    def _publish_until_done(self, skus: list[str], stop: threading.Event) -> bool:
+        """Score and publish, retrying failures until it succeeds (True) or ``stop`` is set (False)."""
+        delay = 0.5
+        while True:
+            try:
+                forecasts = self.service.score(skus, source="stream")
+                for forecast in forecasts.values():
+                    produce(self.producer, self.settings.topics.forecasts, forecast)
+                if self.producer.flush(30) > 0:
+                    raise RuntimeError("forecasts not acknowledged by the broker within 30 s")
+                self.published += len(forecasts)
+                LAST_FORECAST_TIMESTAMP.set(time.time())
+                return True
+            except (redis.RedisError, RuntimeError) as exc:  # NoModel too: wait until a model is trained
+                if stop.is_set():
+                    return False
+                log.warning("scoring %d SKUs failed (%s); retrying in %.1f s", len(skus), exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)

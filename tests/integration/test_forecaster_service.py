@@ -1,0 +1,213 @@
+"""The forecaster service on the real broker and Redis: HTTP API, cache, fallback, hot reload, scoring loop."""
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from confluent_kafka import Consumer
+from fastapi.testclient import TestClient
+
+from shelfcast.contracts import DeadLetter, FeatureWindow, Forecast
+from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
+from shelfcast.settings import Settings, TopicNames
+from shelfcast.store import FeatureStore, connect_redis
+from shelfcast_forecaster.app import create_app
+from shelfcast_forecaster.registry import SAVED_MODEL, ModelRegistry
+from shelfcast_forecaster.scoring import MIN_HISTORY
+from shelfcast_forecaster.service import ForecastService, ScoringLoop, cache_key
+from shelfcast_forecaster.settings import ForecasterSettings
+from shelfcast_forecaster.train import train_and_publish
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+START_MS = int(pd.Timestamp("2026-03-02").value // 1_000_000)
+H = 7
+
+
+def daily_demand(sku_index: int, days: int) -> list[int]:
+    return [(sku_index + d) % 5 + (3 if d % 7 in (5, 6) else 0) for d in range(days)]
+
+
+def windows(sku: str, units: list[int], first_day: int = 0) -> list[FeatureWindow]:
+    return [
+        FeatureWindow(
+            sku=sku,
+            granularity="1d",
+            window_start=START_MS + (first_day + d) * DAY_MS,
+            window_end=START_MS + (first_day + d + 1) * DAY_MS,
+            purchases=u,
+            units=u,
+        )
+        for d, u in enumerate(units)
+        if u
+    ]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    """A small model trained on 20 daily series, published as current."""
+    rows = [
+        {"unique_id": f"T{i}", "ds": pd.Timestamp("2026-01-01") + pd.Timedelta(days=d), "y": float(u)}
+        for i in range(20)
+        for d, u in enumerate(daily_demand(i, 60))
+    ]
+    reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    train_and_publish(pd.DataFrame(rows), reg, H, "D", 7, "test", archs=("lstm",), epochs=2)
+    return reg
+
+
+@pytest.fixture()
+def run_settings(settings: Settings) -> Settings:
+    """Topics of this test only, so the loop sees no other test's windows."""
+    run = uuid.uuid4().hex[:8]
+    topics = TopicNames(features=f"it.features.{run}", forecasts=f"it.forecasts.{run}", events_dlq=f"it.dlq.{run}")
+    configured = settings.model_copy(update={"topics": topics})
+    ensure_topics(configured, [topics.features, topics.forecasts, topics.events_dlq])
+    return configured
+
+
+@pytest.fixture()
+def config(registry: ModelRegistry) -> ForecasterSettings:
+    return ForecasterSettings(registry=registry.root, group_id=f"it-{uuid.uuid4().hex[:6]}", linger_ms=20)
+
+
+@pytest.fixture()
+def client(run_settings: Settings, config: ForecasterSettings) -> Iterator[TestClient]:
+    with TestClient(create_app(run_settings, config, stream=False)) as test_client:
+        yield test_client
+
+
+def seed_store(settings: Settings, skus: dict[str, list[int]]) -> None:
+    store = FeatureStore(connect_redis(settings.redis_url))
+    for sku, units in skus.items():
+        store.write(windows(sku, units))
+
+
+def test_get_scores_from_history_then_serves_from_cache(client: TestClient, run_settings: Settings) -> None:
+    sku = f"F-{uuid.uuid4().hex[:8]}"
+    seed_store(run_settings, {sku: daily_demand(3, 40)})
+    first = client.get(f"/v1/forecast/{sku}")
+    assert first.status_code == 200, first.text
+    forecast = Forecast.model_validate(first.json())
+    assert forecast.sku == sku and not forecast.fallback and forecast.model == "lstm"
+    assert forecast.horizon == H and forecast.freq == "D"
+    assert forecast.start == START_MS + 40 * DAY_MS  # the day after the newest window
+    assert len(forecast.quantiles["p50"]) == H
+    again = client.get(f"/v1/forecast/{sku}")
+    assert again.json()["issued_at"] == forecast.issued_at  # from the cache, not rescored
+    assert connect_redis(run_settings.redis_url).get(cache_key(sku)) is not None
+
+
+def test_unknown_and_invalid_skus(client: TestClient) -> None:
+    unknown = client.get(f"/v1/forecast/NOPE-{uuid.uuid4().hex[:8]}")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "unknown_sku"
+    assert "no 1d demand history" in unknown.json()["error"]["message"]
+    assert client.get("/v1/forecast/bad%20sku").status_code == 422
+
+
+def test_short_history_gets_the_flagged_fallback(client: TestClient, run_settings: Settings) -> None:
+    sku = f"S-{uuid.uuid4().hex[:8]}"
+    seed_store(run_settings, {sku: [2, 0, 4]})
+    assert MIN_HISTORY > 3
+    body = client.get(f"/v1/forecast/{sku}").json()
+    assert body["fallback"] is True and body["model"] == "poisson-fallback"
+    assert body["quantiles"]["p10"][0] <= body["quantiles"]["p50"][0] <= body["quantiles"]["p90"][0]
+    assert body["quantiles"]["p90"][0] > 0
+
+
+def test_batch_lists_unknown_skus_and_limits_size(client: TestClient, run_settings: Settings) -> None:
+    known = [f"B{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    seed_store(run_settings, {sku: daily_demand(i, 30) for i, sku in enumerate(known)})
+    missing = f"M-{uuid.uuid4().hex[:6]}"
+    response = client.post("/v1/forecast", json={"skus": [*known, missing, known[0]]})
+    assert response.status_code == 200, response.text
+    assert [f["sku"] for f in response.json()["forecasts"]] == known
+    assert response.json()["unknown"] == [missing]
+    too_many = client.post("/v1/forecast", json={"skus": [f"X{i}" for i in range(1_001)]})
+    assert too_many.status_code == 413
+    invalid = client.post("/v1/forecast", json={"skus": ["ok", "no spaces"]})
+    assert invalid.status_code == 422
+    assert "skus" in invalid.text
+
+
+def test_hot_reload_follows_the_current_pointer(
+    client: TestClient, registry: ModelRegistry, config: ForecasterSettings
+) -> None:
+    ready = client.get("/readyz").json()
+    old = registry.card(ready["model_version"])
+    new_version = f"{old.version}-copy-{uuid.uuid4().hex[:4]}"
+    source = registry.path(old.version) / SAVED_MODEL
+    registry.publish(lambda target: shutil.copytree(source, target), old.model_copy(update={"version": new_version}))
+    deadline = time.monotonic() + 10 * config.reload_seconds
+    while client.get("/readyz").json()["model_version"] != new_version:
+        assert time.monotonic() < deadline, "the server did not reload the new current version"
+        time.sleep(0.2)
+    registry.promote(old.version)  # leave the module's registry as it was
+
+
+def consume(consumer: Consumer, count: int, timeout: float = 60.0) -> list[bytes]:
+    values, deadline = [], time.monotonic() + timeout
+    while len(values) < count and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            values.append(msg.value())
+    return values
+
+
+def test_scoring_loop_publishes_one_forecast_per_updated_sku(
+    run_settings: Settings, config: ForecasterSettings
+) -> None:
+    skus = [f"L{i}-{uuid.uuid4().hex[:6]}" for i in range(5)]
+    history = {sku: daily_demand(i, 30) for i, sku in enumerate(skus)}
+    seed_store(run_settings, history)
+    producer = make_producer(run_settings)
+    for sku, units in history.items():
+        for window in windows(sku, units)[-3:]:  # several updates per SKU: coalesced into one batch
+            produce(producer, run_settings.topics.features, window)
+    producer.produce(run_settings.topics.features, value=b"{not a window", key=b"x")
+    producer.flush(10)
+
+    service = ForecastService(connect_redis(run_settings.redis_url), config)
+    assert service.reload_if_changed()
+    loop = ScoringLoop(service, run_settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        out = make_consumer(run_settings, f"it-{uuid.uuid4().hex[:6]}")
+        out.subscribe([run_settings.topics.forecasts])
+        forecasts = [Forecast.from_bytes(v) for v in consume(out, len(skus))]
+        out.close()
+        dlq = make_consumer(run_settings, f"it-{uuid.uuid4().hex[:6]}")
+        dlq.subscribe([run_settings.topics.events_dlq])
+        letters = [DeadLetter.from_bytes(v) for v in consume(dlq, 1)]
+        dlq.close()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert sorted(f.sku for f in forecasts) == sorted(skus)
+    assert all(f.start == START_MS + 30 * DAY_MS for f in forecasts if history[f.sku][-1])
+    assert len(letters) == 1 and letters[0].stage == "forecaster"
+    assert "not a feature window" in letters[0].reason
+    cached = service.cached(skus)
+    assert all(raw is not None for raw in cached)
+
+
+def test_training_from_the_feature_store(run_settings: Settings, tmp_path: Path) -> None:
+    from shelfcast_forecaster.scoring import feature_store_history
+
+    sku = f"R-{uuid.uuid4().hex[:8]}"
+    seed_store(run_settings, {sku: [0, 3, 0, 0, 5]})
+    history = feature_store_history(FeatureStore(connect_redis(run_settings.redis_url)), "1d", 400)
+    rows = history[history["unique_id"] == sku]
+    # zero-demand days are present (no window is no sale); the series runs to the store's newest day
+    assert list(rows["y"].iloc[:4]) == [3.0, 0.0, 0.0, 5.0]
+    assert rows["ds"].iloc[0] == pd.Timestamp("2026-03-03")
+    assert rows["ds"].iloc[-1] == history["ds"].max()
