@@ -17,9 +17,10 @@ def test_backtest_cli_writes_metrics_per_model_and_the_forecasts(tmp_path: Path)
     pd.concat(frames).to_csv(data, index=False)
     out, forecasts = tmp_path / "metrics.json", tmp_path / "forecasts.csv"
     args = ["--data", data, "--horizon", "6", "--freq", "MS", "--season-length", "12", "--json", out]
+    args += ["--forecasts", forecasts, "--no-keras", "--report", tmp_path / "report"]
     shelfcast = Path(sys.executable).with_name("shelfcast")
     result = subprocess.run(
-        [shelfcast, "forecaster", "backtest", *map(str, args), "--forecasts", str(forecasts), "--no-keras"],
+        [shelfcast, "forecaster", "backtest", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -33,6 +34,7 @@ def test_backtest_cli_writes_metrics_per_model_and_the_forecasts(tmp_path: Path)
     written = pd.read_csv(forecasts)
     assert list(written.columns) == ["unique_id", "ds", "cutoff", "model", "p10", "p50", "p90", "y"]
     assert len(written) == 7 * 6 * 6  # models x series x horizon
+    assert "<img" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_backtest_cli_names_the_file_line_and_column_of_bad_data(tmp_path: Path) -> None:

@@ -30,6 +30,9 @@ def backtest_command(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics.")],
     windows: Annotated[int, typer.Option(min=1)] = 1,
     forecasts: Annotated[Path | None, typer.Option(help="Also write every forecast here (CSV).")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report", help="Also write an HTML report with plots into this folder.")
+    ] = None,
     layout: Annotated[Layout, typer.Option(help="carparts: the wide layout of ../shared/data/carparts.csv.gz")] = (
         Layout.long
     ),
@@ -62,6 +65,11 @@ def backtest_command(
     json_out.write_text(json.dumps(report, indent=2, default=str))
     if forecasts is not None:
         result.to_csv(forecasts, index=False)
+    if report_dir is not None:
+        from shelfcast_forecaster.report import write_report
+
+        page = write_report(result, scores, df, report_dir, title=f"Backtest: {data.name}", season_length=season_length)
+        console.print(f"report: {page}")
     _print(scores, console)
 
 
