@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import poisson
 
-from shelfcast.contracts import FeatureWindow, Forecast
+from shelfcast.contracts import Forecast
 from shelfcast.store import FeatureStore
-from shelfcast_forecaster.models import CompiledScoring, calendar_position, encode_windows, series_scale
+from shelfcast_forecaster.models import EPSILON, CompiledScoring, calendar_position, encode_windows
 from shelfcast_forecaster.registry import CARD, SAVED_MODEL, ModelCard
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,6 +37,7 @@ FALLBACK_MODEL = "poisson-fallback"
 GRANULARITY_FREQ = {"1m": "min", "1h": "h", "1d": "D"}
 PERIOD_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 MAX_BATCH = 4096
+WARM_UP_ORIGIN_MS = 1_767_225_600_000  # 2026-01-01: any date on every supported calendar
 
 
 @dataclass(frozen=True)
@@ -48,28 +50,24 @@ class Demand:
     units: np.ndarray
 
 
-def demand_from_windows(sku: str, windows: Sequence[FeatureWindow], granularity: str) -> Demand | None:
+def demand_from_windows(sku: str, starts: np.ndarray, units: np.ndarray, granularity: str) -> Demand | None:
     """Dense per-period demand between the first and the newest window (None when there are no windows)."""
-    if not windows:
+    if not len(starts):
         return None
     period = PERIOD_MS[granularity]
-    starts = np.array([w.window_start for w in windows], dtype=np.int64)
     first = int(starts.min())
     index = (starts - first) // period
-    units = np.zeros(int(index.max()) + 1, dtype=np.float32)
-    np.add.at(units, index, [w.units for w in windows])
-    return Demand(sku, first + period * (len(units) - 1), period, units)
+    dense = np.zeros(int(index.max()) + 1, dtype=np.float32)
+    np.add.at(dense, index, units)
+    return Demand(sku, first + period * (len(dense) - 1), period, dense)
 
 
 def feature_store_history(store: FeatureStore, granularity: str, depth: int) -> pd.DataFrame:
     """Long-format training data (``unique_id, ds, y``) from the newest ``depth`` windows of every SKU in the
     store: the same demand as `demand_from_windows`, each SKU running to the newest period of any SKU."""
     skus = store.skus(granularity)
-    demand = [
-        d
-        for sku, w in store.latest_many(skus, granularity, depth).items()
-        if (d := demand_from_windows(sku, w, granularity)) is not None
-    ]
+    values = store.latest_values(skus, granularity, depth, "units")
+    demand = [d for sku, v in values.items() if (d := demand_from_windows(sku, *v, granularity)) is not None]
     if not demand:
         raise ValueError(f"the feature store has no {granularity} windows")
     end = max(d.origin_ms for d in demand)
@@ -85,13 +83,23 @@ def feature_store_history(store: FeatureStore, granularity: str, depth: int) -> 
 class Scorer:
     """A model version from the registry: its card and its SavedModel behind one compiled ``tf.function``."""
 
-    def __init__(self, version_dir: str | Path, jit: bool = True) -> None:
+    def __init__(self, version_dir: str | Path, jit: bool | None = None) -> None:
+        """``jit``: XLA-compile the scoring function or not; None: `warm_up` times both and keeps the faster."""
         version_dir = Path(version_dir)
         self.card = ModelCard.model_validate_json((version_dir / CARD).read_text())
         self.spec = self.card.spec
         self._saved = tf.saved_model.load(str(version_dir / SAVED_MODEL))
-        self._scoring = CompiledScoring(lambda seq, static: self._saved.serve([seq, static]), jit=jit)
+        candidates = [True, False] if jit is None else [jit]
+        self._candidates = [CompiledScoring(self._serve, jit=j) for j in candidates]
+        self._scoring = self._candidates[0]
         self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+    def _serve(self, seq, static):
+        return self._saved.serve([seq, static])
+
+    @property
+    def jit(self) -> bool:
+        return self._scoring.jit
 
     @property
     def version(self) -> str:
@@ -99,33 +107,52 @@ class Scorer:
 
     def quantiles(self, demand: Sequence[Demand]) -> np.ndarray:
         """(len(demand), horizon, n_quantiles) forecasts in demand units from the network."""
-        lookback = self.spec.lookback
-        values = np.zeros((len(demand), lookback), dtype=np.float32)
-        observed = np.zeros_like(values)
-        scale = np.empty(len(demand), dtype=np.float32)
-        origins = np.empty(len(demand), dtype=np.int64)
-        for i, d in enumerate(demand):
-            tail = d.units[-lookback:]
-            values[i, lookback - len(tail) :] = tail
-            observed[i, lookback - len(tail) :] = 1.0
-            scale[i] = series_scale(d.units[None, :], np.ones((1, len(d.units))))[0]
-            origins[i] = self._position(d.origin_ms)
+        values, observed = _windows(demand, self.spec.lookback)
+        n = len(demand)
+        lengths = np.fromiter((len(d.units) for d in demand), np.float32, n)
+        scale = np.fromiter((d.units.sum() for d in demand), np.float32, n) / lengths + EPSILON  # `series_scale`
+        positions = {ms: self._position(ms) for ms in {d.origin_ms for d in demand}}
+        origins = np.fromiter((positions[d.origin_ms] for d in demand), np.int64, n)
         seq, static = encode_windows(values, observed, scale, origins, self.spec.season_length)
         batch = min(MAX_BATCH, 1 << max(0, (len(seq) - 1).bit_length()))  # few shapes: few compilations
         return self._scoring(seq, static, batch) * scale[:, None, None]
 
+    def warm_up(self) -> None:
+        """Pick the faster compilation mode where there is a choice, then compile every batch shape `quantiles`
+        uses, so that no request pays for a compilation."""
+        warm = Demand("warm-up", WARM_UP_ORIGIN_MS, PERIOD_MS["1d"], np.ones(self.spec.lookback, np.float32))
+        if len(self._candidates) > 1:
+            self._scoring = min(self._candidates, key=lambda c: self._seconds_per_batch(c, [warm] * MAX_BATCH))
+            log.info("scoring %s XLA: it was faster on a %d-SKU batch", "with" if self.jit else "without", MAX_BATCH)
+            self._candidates = [self._scoring]
+        size = 1
+        while size <= MAX_BATCH:
+            self.quantiles([warm] * size)
+            size *= 2
+
+    def _seconds_per_batch(self, candidate: CompiledScoring, demand: list[Demand]) -> float:
+        self._scoring = candidate
+        self.quantiles(demand)  # compiles
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            self.quantiles(demand)
+            timings.append(time.perf_counter() - started)
+        return sorted(timings)[1]
+
     def forecasts(self, demand: Sequence[Demand], issued_at: int) -> list[Forecast]:
         """One `Forecast` per SKU: the network where history suffices, the Poisson fallback otherwise."""
         enough = [d for d in demand if len(d.units) >= MIN_HISTORY]
-        scored = dict(zip((d.sku for d in enough), self.quantiles(enough), strict=True)) if enough else {}
+        scored = dict(zip((d.sku for d in enough), _as_lists(self.quantiles(enough)), strict=True)) if enough else {}
         return [self._record(d, scored.get(d.sku), issued_at) for d in demand]
 
-    def _record(self, d: Demand, quantiles: np.ndarray | None, issued_at: int) -> Forecast:
+    def _record(self, d: Demand, quantiles: list[list[float]] | None, issued_at: int) -> Forecast:
         spec, fallback = self.spec, quantiles is None
         if quantiles is None:
-            quantiles = fallback_quantiles(float(d.units.mean()), spec.quantiles, spec.horizon)
-        values = np.maximum.accumulate(np.clip(quantiles, 0, None), axis=-1)  # float32 rounding: never crossing
-        return Forecast(
+            quantiles = _as_lists(fallback_quantiles(float(d.units.mean()), spec.quantiles, spec.horizon)[None])[0]
+        # `_as_lists` makes the values non-negative, non-crossing and `horizon` long, so the record is built
+        # without re-validation, which cost more than the network itself.
+        return Forecast.model_construct(
             sku=d.sku,
             issued_at=issued_at,
             model=FALLBACK_MODEL if fallback else spec.arch,
@@ -133,12 +160,33 @@ class Scorer:
             horizon=spec.horizon,
             freq=spec.freq,
             start=d.origin_ms + d.period_ms,
-            quantiles={col: [round(float(v), 4) for v in values[:, i]] for i, col in enumerate(spec.columns)},
+            quantiles=dict(zip(spec.columns, quantiles, strict=True)),
             fallback=fallback,
         )
 
     def _position(self, origin_ms: int) -> int:
         return calendar_position(pd.Timestamp(origin_ms, unit="ms"), self.spec.freq)
+
+
+def _windows(demand: Sequence[Demand], lookback: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``lookback`` periods of each SKU, left-padded with zeros marked unobserved."""
+    if all(len(d.units) >= lookback for d in demand):
+        values = np.stack([d.units[-lookback:] for d in demand]) if demand else np.zeros((0, lookback), np.float32)
+        return values, np.ones_like(values)
+    values = np.zeros((len(demand), lookback), dtype=np.float32)
+    observed = np.zeros_like(values)
+    for i, d in enumerate(demand):
+        tail = d.units[-lookback:]
+        values[i, lookback - len(tail) :] = tail
+        observed[i, lookback - len(tail) :] = 1.0
+    return values, observed
+
+
+def _as_lists(quantiles: np.ndarray) -> list[list[list[float]]]:
+    """(S, h, Q) -> per SKU, per quantile, the h values: clipped at 0, made non-crossing (a cumulative max over
+    the quantiles, which also absorbs float32 rounding), rounded to 4 decimals."""
+    ordered = np.maximum.accumulate(np.clip(quantiles, 0, None), axis=-1)
+    return np.round(ordered, 4).transpose(0, 2, 1).tolist()
 
 
 def fallback_quantiles(mean: float, quantiles: Sequence[float], horizon: int) -> np.ndarray:

@@ -64,6 +64,7 @@ class ForecastService:
             return False
         try:
             scorer = Scorer(self.registry.path(version), jit=self.config.jit)
+            scorer.warm_up()
             expected = GRANULARITY_FREQ[self.config.granularity]
             if scorer.spec.freq != expected:
                 raise ValueError(
@@ -94,8 +95,8 @@ class ForecastService:
             raise NoModel("no model in the registry: run `shelfcast forecaster train ... --out REGISTRY`")
         started = time.perf_counter()
         gran = self.config.granularity
-        windows = self.store.latest_many(skus, gran, self.config.history_windows)
-        demand = [d for sku, w in windows.items() if (d := demand_from_windows(sku, w, gran)) is not None]
+        values = self.store.latest_values(skus, gran, self.config.history_windows, "units")
+        demand = [d for sku, v in values.items() if (d := demand_from_windows(sku, *v, gran)) is not None]
         if not demand:
             return {}
         now_ms = int(time.time() * 1000)

@@ -19,4 +19,4 @@ class ForecasterSettings(BaseSettings):
     linger_ms: int = Field(default=50, ge=0, le=5_000, description="how long a micro-batch collects updates")
     reload_seconds: float = Field(default=2.0, gt=0, description="how often the registry's current is checked")
     max_request_skus: int = Field(default=1_000, ge=1)
-    jit: bool = Field(default=True, description="XLA-compile the scoring function")
+    jit: bool | None = Field(default=None, description="XLA-compile scoring; unset: measure at load, keep the faster")
