@@ -99,3 +99,20 @@ def test_beats_flat_mean_on_seasonal_panel(arch):
     model_loss = np.mean([pinball(y, out[c].to_numpy(), q).mean() for c, q in levels.items()])
     flat_loss = np.mean([pinball(y, flat, q).mean() for q in levels.values()])
     assert model_loss < 0.8 * flat_loss
+
+
+def test_mixed_precision_trains_exports_and_scores_in_float32(tmp_path):
+    """The GPU path's policy, forced on CPU: float16 hidden layers, float32 outputs, a loadable SavedModel."""
+    import tensorflow as tf
+
+    from shelfcast_forecaster.models import encode_windows
+
+    train, _ = split(seasonal_panel(n_series=6, periods=20))
+    model = KerasQuantileForecaster("lstm", mixed_precision=True, **SMALL).fit(train, H, "MS", M)
+    assert model.model is not None and model.model.layers[2].dtype_policy.name == "mixed_float16"
+    assert np.isfinite(model.predict(train)[model.columns].to_numpy()).all()
+    loaded = tf.saved_model.load(str(model.export(tmp_path / "saved")))
+    lookback = model.spec.lookback
+    seq, static = encode_windows(np.ones((2, lookback)), np.ones((2, lookback)), np.ones(2), 700, M)
+    out = loaded.serve([tf.constant(seq), tf.constant(static)])
+    assert out.dtype == tf.float32 and out.shape == (2, H, 3)

@@ -81,6 +81,8 @@ class KerasQuantileForecaster:
     ``lookback`` defaults to ``2 * season_length`` capped at ``n - h`` (``n`` the number of periods in
     ``train``), so that at least one full training window exists. ``validation_steps`` defaults to
     ``max(1, min(h // 2, n // 8))`` periods. The fitted network of the latest call is kept as ``model``.
+    ``mixed_precision`` (default: when TensorFlow sees a GPU) trains the hidden layers in float16 with loss
+    scaling; the output head and the exported model's outputs stay float32.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class KerasQuantileForecaster:
         score_batch_size: int = 4096,
         point_loss: float = 0.0,
         metric_weights: bool = False,
+        mixed_precision: bool | None = None,
         verbose: int = 0,
     ) -> None:
         if arch not in ARCHITECTURES:
@@ -118,6 +121,7 @@ class KerasQuantileForecaster:
         self.score_batch_size = score_batch_size
         self.point_loss = point_loss
         self.metric_weights = metric_weights
+        self.mixed_precision = mixed_precision
         self.verbose = verbose
         self.model: keras.Model | None = None
         self.spec: ModelSpec | None = None
@@ -151,10 +155,16 @@ class KerasQuantileForecaster:
             season_length=season_length,
             quantiles=self.quantiles,
         )
-        self.model = model = _build(self.arch, lookback, h, len(self.quantiles), self.quantiles, self.units)
+        dtype = "mixed_float16" if self._mixed() else "float32"
+        self.model = model = _build(self.arch, lookback, h, len(self.quantiles), self.quantiles, self.units, dtype)
         windows = _training_windows(panel, lookback, h, season_length, self.metric_weights)
         self.history = self._fit(model, windows, n - val_steps, h)
         return self
+
+    def _mixed(self) -> bool:
+        if self.mixed_precision is None:
+            return bool(tf.config.list_physical_devices("GPU"))
+        return self.mixed_precision
 
     def predict(self, history: pd.DataFrame) -> pd.DataFrame:
         """Forecast ``spec.horizon`` steps after each series' last ``ds`` in ``history`` (long format)."""
@@ -182,7 +192,10 @@ class KerasQuantileForecaster:
             fit_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         fit_idx = np.random.default_rng(self.seed).permutation(fit_idx)
         loss = PinballLoss(self.quantiles, self.point_loss)
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate, clipnorm=1.0), loss=loss, jit_compile=False)
+        optimizer = keras.optimizers.Adam(self.learning_rate, clipnorm=1.0)
+        if self._mixed():  # float16 gradients underflow without loss scaling
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
         callbacks, validation = [], None
         if val_idx is not None:
             validation = ((x_seq[val_idx], x_static[val_idx]), target[val_idx])
@@ -258,24 +271,29 @@ class LastStep(keras.layers.Layer):
         return x[:, -1, :]
 
 
-def _build(arch: str, lookback: int, h: int, n_quantiles: int, quantiles, units: int) -> keras.Model:
+def _build(
+    arch: str, lookback: int, h: int, n_quantiles: int, quantiles, units: int, dtype: str = "float32"
+) -> keras.Model:
+    """``dtype`` is the hidden layers' policy ("mixed_float16" on a GPU); the output head stays float32."""
     seq = keras.Input((lookback, N_CHANNELS), name="sequence")
     static = keras.Input((N_STATIC,), name="static")
     if arch == "lstm":
-        x = keras.layers.LSTM(units, return_sequences=True)(seq)
-        x = keras.layers.LSTM(units)(x)
+        x = keras.layers.LSTM(units, return_sequences=True, dtype=dtype)(seq)
+        x = keras.layers.LSTM(units, dtype=dtype)(x)
     else:  # temporal conv: causal dilated Conv1D stack with residuals, the last step summarises the window
-        x = keras.layers.Conv1D(units, 1)(seq)
+        x = keras.layers.Conv1D(units, 1, dtype=dtype)(seq)
         dilation = 1
         while dilation < lookback:
-            y = keras.layers.Conv1D(units, 2, padding="causal", dilation_rate=dilation, activation="relu")(x)
-            x = keras.layers.Add()([x, y])
+            conv = keras.layers.Conv1D(
+                units, 2, padding="causal", dilation_rate=dilation, activation="relu", dtype=dtype
+            )
+            x = keras.layers.Add(dtype=dtype)([x, conv(x)])
             dilation *= 2
-        x = LastStep()(x)
-    x = keras.layers.Concatenate()([x, static])
-    x = keras.layers.Dense(2 * units, activation="relu")(x)
-    raw = keras.layers.Reshape((h, n_quantiles))(keras.layers.Dense(h * n_quantiles)(x))
-    out = NonCrossingQuantiles(quantiles)(raw)
+        x = LastStep(dtype=dtype)(x)
+    x = keras.layers.Concatenate(dtype=dtype)([x, static])
+    x = keras.layers.Dense(2 * units, activation="relu", dtype=dtype)(x)
+    raw = keras.layers.Reshape((h, n_quantiles))(keras.layers.Dense(h * n_quantiles, dtype="float32")(x))
+    out = NonCrossingQuantiles(quantiles, dtype="float32")(raw)
     return keras.Model([seq, static], out, name=f"quantile_{arch}")
 
 

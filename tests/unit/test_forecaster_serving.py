@@ -1,0 +1,113 @@
+"""Pure parts of training and serving: the registry, data fingerprints, demand assembly, fallback, calendar."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import poisson
+
+from shelfcast_forecaster.models import calendar_position
+from shelfcast_forecaster.registry import CARD, ModelCard, ModelRegistry, ModelSpec, fingerprint, new_version
+from shelfcast_forecaster.scoring import _as_lists, demand_from_windows, fallback_quantiles
+
+DAY_MS = 86_400_000
+
+
+def frame() -> pd.DataFrame:
+    ds = pd.date_range("2026-01-01", periods=4, freq="D")
+    return pd.DataFrame({"unique_id": ["a"] * 4 + ["b"] * 4, "ds": list(ds) * 2, "y": [1.0, 0, 2, 3, 0, 0, 5, 1]})
+
+
+def card(version: str) -> ModelCard:
+    spec = ModelSpec(arch="lstm", lookback=14, horizon=7, freq="D", season_length=7, quantiles=(0.1, 0.5, 0.9))
+    return ModelCard(
+        version=version,
+        created_at=datetime.now(UTC),
+        spec=spec,
+        data=fingerprint(frame(), "test"),
+        validation={"lstm": {"scaled_pinball": 0.3}},
+        chosen_by="test",
+        inputs="test",
+        framework={},
+    )
+
+
+def fake_export(directory: Path) -> None:
+    directory.mkdir(parents=True)
+    (directory / "saved_model.pb").write_bytes(b"model")
+
+
+def test_publish_promotes_and_lists_versions(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    assert registry.current_version() is None and registry.versions() == []
+    registry.publish(fake_export, card("v1"))
+    registry.publish(fake_export, card("v2"), promote=False)
+    assert registry.versions() == ["v1", "v2"]
+    assert registry.current_version() == "v1"
+    registry.promote("v2")
+    assert registry.current_version() == "v2"
+    assert registry.card("v2").spec.columns == ["p10", "p50", "p90"]
+    assert (registry.pointer / CARD).is_file()  # the pointer resolves to the version directory
+
+
+def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.publish(fake_export, card("v1"))
+
+    def broken_export(directory: Path) -> None:
+        fake_export(directory)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        registry.publish(broken_export, card("v2"))
+    assert registry.versions() == ["v1"] and registry.current_version() == "v1"
+    assert [p.name for p in registry.versions_dir.iterdir()] == ["v1"]  # no staging left behind
+    with pytest.raises(FileExistsError):
+        registry.publish(fake_export, card("v1"))
+    with pytest.raises(FileNotFoundError):
+        registry.promote("v9")
+
+
+def test_fingerprint_ignores_row_order_but_not_values() -> None:
+    df = frame()
+    assert fingerprint(df, "x").sha256 == fingerprint(df.iloc[::-1], "x").sha256
+    assert fingerprint(df, "x").sha256 != fingerprint(df.assign(y=df["y"] + 1), "x").sha256
+    data = fingerprint(df, "x")
+    assert (data.series, data.rows) == (2, 8)
+    assert new_version(data, datetime(2026, 11, 24, 18, 0, tzinfo=UTC)) == f"20261124T180000Z-{data.sha256[:8]}"
+
+
+def test_demand_fills_days_without_windows_with_zeros() -> None:
+    start = 1_767_225_600_000
+    starts = np.array([start, start + 3 * DAY_MS, start + 4 * DAY_MS])
+    demand = demand_from_windows("a", starts, np.array([2.0, 5.0, 1.0]), "1d")
+    assert demand is not None
+    assert demand.units.tolist() == [2, 0, 0, 5, 1]
+    assert demand.origin_ms == start + 4 * DAY_MS and demand.period_ms == DAY_MS
+    assert demand_from_windows("a", np.array([], np.int64), np.array([]), "1d") is None
+
+
+def test_fallback_is_poisson_at_the_mean_and_zero_without_demand() -> None:
+    values = fallback_quantiles(4.0, (0.1, 0.5, 0.9), horizon=3)
+    assert values.shape == (3, 3)
+    assert values[0].tolist() == poisson.ppf([0.1, 0.5, 0.9], 4.0).tolist()
+    assert (fallback_quantiles(0.0, (0.1, 0.5, 0.9), horizon=2) == 0).all()
+
+
+def test_records_never_cross_and_never_go_negative() -> None:
+    raw = np.array([[[-1.0, 2.0, 1.5], [0.2, 0.1, 0.3]]])  # 1 SKU, h=2, Q=3
+    [per_quantile] = _as_lists(raw)
+    assert per_quantile == [[0.0, 0.2], [2.0, 0.2], [2.0, 0.3]]
+
+
+def test_calendar_position_is_periods_since_a_monday() -> None:
+    monday = pd.Timestamp("2026-11-23")
+    assert calendar_position(monday, "D") % 7 == 0
+    assert calendar_position(monday + pd.Timedelta(days=1), "D") == calendar_position(monday, "D") + 1
+    assert (
+        calendar_position(pd.Timestamp("2026-12-01"), "MS") - calendar_position(pd.Timestamp("2025-12-01"), "MS") == 12
+    )
+    with pytest.raises(ValueError, match="calendar"):
+        calendar_position(pd.Timestamp("2026-12-02"), "MS")
