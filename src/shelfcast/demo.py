@@ -1,12 +1,14 @@
 """`shelfcast demo`: run the parts of the pipeline that are built, end to end, on embedded servers.
 
 Built so far and run here: the embedded broker and Redis, the ingest service (a real `shelfcast ingest
-serve` process), the PyFlink features job, and the storefront simulator sending to ingest over HTTP;
-poison records written straight to Kafka must come out on the dead-letter topic. The demo starts every
-service as its own process through the `shelfcast` command, so the core imports no service.
-Not built yet, and so not run: the forecaster and the inventory agent.
+serve` process), the PyFlink features job, the forecaster (trained first on `HISTORY_DAYS` of simulated sales
+before the demo period, then serving and scoring the stream of daily windows), and the storefront simulator
+sending to ingest over HTTP; poison records written straight to Kafka must come out on the dead-letter topic.
+The demo starts every service as its own process through the `shelfcast` command, so the core imports no service.
+Not built yet, and so not run: the inventory agent and the HTML report.
 """
 
+import datetime
 import json
 import os
 import secrets
@@ -22,14 +24,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shelfcast.contracts import DeadLetter
+from shelfcast.contracts import DeadLetter, Forecast
 from shelfcast.errors import ShelfcastError
 from shelfcast.infra import Infra, ManagedProcess, free_port, start_service
 from shelfcast.kafka import make_consumer, make_producer
 from shelfcast.settings import Settings
 from shelfcast.store import connect_redis, feature_key
 
-NOT_BUILT = ["forecaster serving (its backtest exists)", "inventory agent", "HTML report"]
+NOT_BUILT = ["inventory agent", "HTML report"]
+HISTORY_DAYS = 90
+DEMO_START = datetime.date(2026, 1, 1)
 POISON = [b"{not json", b'{"event_id": "x", "type": "teleport"}', b"\xff\xfe"]
 REPORT_DIR = Path("reports/demo")
 GRANULARITIES = ("1m", "1h", "1d")
@@ -48,25 +52,33 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
     logs = demo_settings.state_dir / "logs"
     services: list[ManagedProcess] = []
     try:
-        console.print("[bold]1/5[/] bringing up Kafka and Redis")
+        console.print("[bold]1/7[/] bringing up Kafka and Redis")
         infra.up()
-        console.print("[bold]2/5[/] starting the ingest service")
+        env["SHELFCAST_FORECASTER_REGISTRY"] = str(demo_settings.state_dir / "models")
+        console.print(f"[bold]2/7[/] training the forecaster on {HISTORY_DAYS} simulated days before the demo")
+        summary: dict = {"model": _train_forecaster(demo_settings.state_dir, skus, env)}
+        console.print("[bold]3/7[/] starting the ingest service")
         url = f"http://127.0.0.1:{free_port()}"
         args = ["ingest", "serve", "--port", url.rsplit(":", 1)[1]]
         services.append(start_service("ingest", args, env, f"{url}/readyz", logs / "ingest.log"))
-        console.print("[bold]3/5[/] starting the features job (PyFlink)")
-        services.append(start_service("features", ["features", "run", "--fresh"], env, None, logs / "features.log"))
-        console.print(f"[bold]4/5[/] simulating {skus} SKUs over {days} days into {url}")
+        console.print("[bold]4/7[/] starting the forecaster (HTTP API and stream scoring)")
+        forecaster_url = f"http://127.0.0.1:{free_port()}"
+        args = ["forecaster", "serve", "--port", forecaster_url.rsplit(":", 1)[1]]
+        services.append(start_service("forecaster", args, env, f"{forecaster_url}/readyz", logs / "forecaster.log"))
+        console.print("[bold]5/7[/] starting the features job (PyFlink)")
+        job = start_service("features", ["features", "run", "--fresh"], env, None, logs / "features.log")
+        services.append(job)
+        console.print(f"[bold]6/7[/] simulating {skus} SKUs over {days} days into {url}")
         started = time.perf_counter()
-        simulate = ["simulate", "storefront", "--skus", str(skus), "--days", str(days), "--target", "http"]
-        simulate += ["--url", url, "--api-key", api_key]
-        subprocess.run([sys.executable, "-m", "shelfcast", *simulate], check=True, env={**os.environ, **env})
-        summary: dict = {"simulate_seconds": round(time.perf_counter() - started, 1)}
+        live = ["--skus", str(skus), "--days", str(days), "--start", str(DEMO_START), "--target", "http"]
+        _shelfcast(["simulate", "storefront", *live, "--url", url, "--api-key", api_key], env)
+        summary["simulate_seconds"] = round(time.perf_counter() - started, 1)
         _write_poison(demo_settings)
-        summary["windows_in_redis"] = _wait_for_windows(demo_settings, skus, services[-1], console)
+        summary["windows_in_redis"] = _wait_for_windows(demo_settings, skus, job, console)
         summary["dead_letters"] = _dead_letters(demo_settings)
+        summary["forecasts"] = _forecasts(demo_settings)
     except subprocess.CalledProcessError as exc:
-        raise ShelfcastError(f"the storefront simulator failed (exit {exc.returncode})") from None
+        raise ShelfcastError(f"`{' '.join(exc.cmd[3:6])} ...` failed (exit {exc.returncode})") from None
     finally:
         for service in services:
             service.stop()
@@ -75,6 +87,24 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
     summary["not_built_yet"] = NOT_BUILT
     _report(summary, console)
     return summary
+
+
+def _shelfcast(args: list[str], env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "shelfcast", *args], check=True, env={**os.environ, **env})
+
+
+def _train_forecaster(state_dir: Path, skus: int, env: dict[str, str]) -> dict:
+    """Daily sales of the same catalogue over the days before the demo, then `forecaster train` on them."""
+    history = state_dir / "history.csv"
+    start = DEMO_START - datetime.timedelta(days=HISTORY_DAYS)
+    past = ["--skus", str(skus), "--days", str(HISTORY_DAYS), "--start", str(start), "--target", "none"]
+    _shelfcast(["simulate", "storefront", *past, "--history", str(history)], env)
+    registry = Path(env["SHELFCAST_FORECASTER_REGISTRY"])
+    train = ["--data", str(history), "--horizon", "14", "--freq", "D", "--season-length", "7", "--epochs", "15"]
+    _shelfcast(["forecaster", "train", *train, "--out", str(registry)], env)
+    card = json.loads((registry / "current" / "card.json").read_text())
+    chosen = card["spec"]["arch"]
+    return {"version": card["version"], "arch": chosen, "validation": card["validation"][chosen]}
 
 
 def _write_poison(settings: Settings) -> None:
@@ -124,11 +154,29 @@ def _dead_letters(settings: Settings) -> dict[str, int]:
     return dict(kinds)
 
 
+def _forecasts(settings: Settings) -> dict:
+    """Forecasts on the topic (every one valid), by kind, and how many SKUs they cover."""
+    consumer = make_consumer(settings, group_id=f"shelfcast-demo-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([settings.topics.forecasts])
+    records, skus, fallback = 0, set(), 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        deadline = time.monotonic() + 5
+        forecast = Forecast.from_bytes(msg.value())
+        records, fallback = records + 1, fallback + forecast.fallback
+        skus.add(forecast.sku)
+    consumer.close()
+    return {"published": records, "skus": len(skus), "fallback": fallback}
+
+
 def _report(summary: dict, console: Console) -> None:
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
     table = Table("figure", "value", title="Shelfcast demo")
     for key, value in summary.items():
-        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else json.dumps(value))
     console.print(table)
     console.print(f"summary written to {REPORT_DIR / 'summary.json'}")

@@ -13,7 +13,7 @@ from shelfcast.infra import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_demo_turns_simulated_events_into_windows_and_dead_letters_the_poison(tmp_path: Path) -> None:
+def test_demo_turns_simulated_events_into_windows_and_forecasts_and_dead_letters_the_poison(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "SHELFCAST_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
@@ -34,5 +34,9 @@ def test_demo_turns_simulated_events_into_windows_and_dead_letters_the_poison(tm
     assert all(summary["windows_in_redis"][g] > 0 for g in ("1m", "1h", "1d"))
     assert summary["windows_in_redis"]["1m"] > summary["windows_in_redis"]["1h"] > summary["windows_in_redis"]["1d"]
     assert summary["dead_letters"]["invalid"] == 3  # the poison, and only it: the simulator sends valid events
-    assert "stopped what the demo started: ingest, features, kafka, redis" in result.stdout
+    assert summary["model"]["arch"] in ("lstm", "tcn") and summary["model"]["version"]
+    forecasts = summary["forecasts"]  # daily windows close as simulated time passes, and each is scored
+    assert 0 < forecasts["skus"] <= 10 and forecasts["published"] >= forecasts["skus"]
+    assert forecasts["fallback"] == forecasts["published"]  # 2 days of history: too little for the network
+    assert "stopped what the demo started: ingest, forecaster, features, kafka, redis" in result.stdout
     assert not (tmp_path / "state" / "demo" / "infra.json").exists()
