@@ -51,3 +51,47 @@ def test_backtest_cli_names_the_file_line_and_column_of_bad_data(tmp_path: Path)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert "bad.csv, line 3, column y" in line
+
+
+def test_train_cli_publishes_a_version_with_its_card(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    ds = pd.date_range("2026-01-01", periods=40, freq="D")
+    frames = [pd.DataFrame({"unique_id": f"s{i}", "ds": ds, "y": rng.poisson(2 + i, len(ds))}) for i in range(8)]
+    data = tmp_path / "daily.csv"
+    pd.concat(frames).to_csv(data, index=False)
+    registry = tmp_path / "models"
+    args = ["--data", data, "--horizon", "7", "--freq", "D", "--season-length", "7", "--out", registry]
+    result = subprocess.run(
+        [
+            Path(sys.executable).with_name("shelfcast"),
+            "forecaster",
+            "train",
+            *map(str, args),
+            "--epochs",
+            "1",
+            "--arch",
+            "tcn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    card = json.loads((registry / "current" / "card.json").read_text())
+    assert card["spec"]["arch"] == "tcn" and card["spec"]["horizon"] == 7 and card["spec"]["freq"] == "D"
+    assert card["data"]["series"] == 8 and card["data"]["rows"] == 8 * 40
+    assert set(card["validation"]) == {"tcn", "SeasonalNaive"}
+    assert (registry / "current" / "saved_model" / "saved_model.pb").is_file()
+    assert card["version"] in result.stdout
+
+
+def test_train_cli_needs_exactly_one_data_source(tmp_path: Path) -> None:
+    args = ["--horizon", "7", "--freq", "D", "--season-length", "7", "--out", str(tmp_path)]
+    result = subprocess.run(
+        [Path(sys.executable).with_name("shelfcast"), "forecaster", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "exactly one of --data or --from-redis" in result.stderr
