@@ -94,4 +94,4 @@ def test_train_cli_needs_exactly_one_data_source(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 2
-    assert "exactly one of --data or --from-redis" in result.stderr
+    assert "exactly one of --data or --dataset" in result.stderr

@@ -23,11 +23,12 @@ class Layout(StrEnum):
 
 @app.command("backtest")
 def backtest_command(
-    data: Annotated[Path, typer.Option(help="Long format (unique_id, ds, y, ...) as CSV or Parquet.")],
     horizon: Annotated[int, typer.Option(min=1, help="Periods forecast from each cutoff.")],
     freq: Annotated[str, typer.Option(help="pandas frequency of ds, e.g. D, W, MS.")],
     season_length: Annotated[int, typer.Option(min=1)],
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics.")],
+    data: Annotated[Path | None, typer.Option(help="Long format (unique_id, ds, y, ...) as CSV or Parquet.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A bundled real dataset instead: chicago, visnights.")] = None,
     windows: Annotated[int, typer.Option(min=1)] = 1,
     forecasts: Annotated[Path | None, typer.Option(help="Also write every forecast here (CSV).")] = None,
     report_dir: Annotated[
@@ -42,11 +43,10 @@ def backtest_command(
 ) -> None:
     """Backtest every model, the per-class choice and the ensemble (MASE, RMSSE, WAPE, pinball, bias, coverage)."""
     from shelfcast_forecaster.backtest import backtest
-    from shelfcast_forecaster.data import load_carparts, load_series
     from shelfcast_forecaster.metrics import evaluate
 
     console = Console()
-    df = load_carparts(data) if layout is Layout.carparts else load_series(data)
+    df, source = _load(data, layout, dataset)
     started = time.perf_counter()
     with console.status(f"backtesting {df['unique_id'].nunique():,} series, {windows} window(s) of {horizon}"):
         result = backtest(df, horizon, freq, season_length, windows=windows, forecasters=_forecasters(keras))
@@ -54,7 +54,7 @@ def backtest_command(
     scores = evaluate(result, df, season_length).set_index("model")
     selection = {str(cutoff): vars(choice) for cutoff, choice in result.attrs["selection"].items()}
     report = {
-        "data": str(data),
+        "data": source,
         "protocol": {"horizon": horizon, "freq": freq, "season_length": season_length, "windows": windows},
         "series": int(df["unique_id"].nunique()),
         "seconds": round(seconds, 1),
@@ -68,7 +68,7 @@ def backtest_command(
     if report_dir is not None:
         from shelfcast_forecaster.report import write_report
 
-        page = write_report(result, scores, df, report_dir, title=f"Backtest: {data.name}", season_length=season_length)
+        page = write_report(result, scores, df, report_dir, title=f"Backtest: {source}", season_length=season_length)
         console.print(f"report: {page}")
     _print(scores, console)
 
@@ -97,10 +97,11 @@ def train_command(
     horizon: Annotated[int, typer.Option(min=1, help="Periods each forecast covers.")],
     freq: Annotated[str, typer.Option(help="pandas frequency of ds, e.g. D, W, MS.")],
     season_length: Annotated[int, typer.Option(min=1)],
-    data: Annotated[Path | None, typer.Option(help="Long format (unique_id, ds, y, ...) as CSV or Parquet.")] = None,
     layout: Annotated[Layout, typer.Option(help="carparts: the wide layout of ../shared/data/carparts.csv.gz")] = (
         Layout.long
     ),
+    data: Annotated[Path | None, typer.Option(help="Long format (unique_id, ds, y, ...) as CSV or Parquet.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A bundled real dataset instead: chicago, visnights.")] = None,
     from_redis: Annotated[
         str | None, typer.Option(help="Train on the feature store's windows of this granularity (1m, 1h, 1d).")
     ] = None,
@@ -116,7 +117,7 @@ def train_command(
     from shelfcast_forecaster.train import train_and_publish
 
     console = Console()
-    df, source = _training_data(data, layout, from_redis)
+    df, source = _training_data(data, layout, dataset, from_redis)
     with console.status("training") as status:
         card = train_and_publish(
             df,
@@ -137,13 +138,29 @@ def train_command(
     console.print(f"published {card.version} ({card.spec.arch}) to {out}; it is now current")
 
 
-def _training_data(data: Path | None, layout: Layout, from_redis: str | None) -> tuple["pd.DataFrame", str]:
+def _load(data: Path | None, layout: Layout, dataset: str | None) -> tuple["pd.DataFrame", str]:
+    """The series of a file (``--data``) or of a bundled dataset (``--dataset``), and where they came from."""
     from shelfcast_forecaster.data import load_carparts, load_series
+    from shelfcast_forecaster.datasets import load_dataset
 
-    if (data is None) == (from_redis is None):
-        raise typer.BadParameter("give exactly one of --data or --from-redis")
-    if data is not None:
-        return (load_carparts(data) if layout is Layout.carparts else load_series(data)), str(data)
+    if (data is None) == (dataset is None):
+        raise typer.BadParameter("give exactly one of --data or --dataset")
+    if dataset is not None:
+        try:
+            return load_dataset(dataset), f"dataset {dataset}"
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--dataset") from None
+    assert data is not None
+    return (load_carparts(data) if layout is Layout.carparts else load_series(data)), str(data)
+
+
+def _training_data(
+    data: Path | None, layout: Layout, dataset: str | None, from_redis: str | None
+) -> tuple["pd.DataFrame", str]:
+    if from_redis is None:
+        return _load(data, layout, dataset)
+    if data is not None or dataset is not None:
+        raise typer.BadParameter("give exactly one of --data, --dataset or --from-redis")
     from shelfcast.settings import get_settings
     from shelfcast.store import FeatureStore, connect_redis
     from shelfcast_forecaster.scoring import feature_store_history
