@@ -4,7 +4,14 @@ import pytest
 from statsforecast import StatsForecast
 from statsforecast.models import TSB
 
-from shelfcast_forecaster.backtest import backtest, default_forecasters, window_cutoffs
+from shelfcast_forecaster.backtest import (
+    TOP_K,
+    backtest,
+    choose,
+    default_forecasters,
+    relative_scores,
+    window_cutoffs,
+)
 from shelfcast_forecaster.baselines import MODELS, TSB_ALPHA_D, TSB_ALPHA_P, forecast_baselines
 from shelfcast_forecaster.data import CARPARTS_PATH, classify_demand, load_carparts
 from shelfcast_forecaster.metrics import evaluate
@@ -28,8 +35,12 @@ def synthetic(periods: int = 24, seed: int = 0) -> pd.DataFrame:
 
 
 def check_shape(result: pd.DataFrame, df: pd.DataFrame) -> None:
+    check_shape_models(result, df, {*MODELS, "ensemble", "chosen"})
+
+
+def check_shape_models(result: pd.DataFrame, df: pd.DataFrame, models: set[str]) -> None:
     assert list(result.columns) == ["unique_id", "ds", "cutoff", "model", "p10", "p50", "p90", "y"]
-    assert set(result["model"]) == {*MODELS, "ensemble", "chosen"}
+    assert set(result["model"]) == models
     assert (result.groupby(["unique_id", "cutoff", "model"]).size() == H).all()
     assert (result["ds"] > result["cutoff"]).all()
     assert (result[["p10", "p50", "p90"]] >= 0).all().all()
@@ -79,7 +90,10 @@ def test_backtest_one_window_shape_and_selection() -> None:
         chosen = result[(result["unique_id"] == uid) & (result["model"] == "chosen")].reset_index(drop=True)
         source = result[(result["unique_id"] == uid) & (result["model"] == selection.chosen[cls])]
         pd.testing.assert_frame_equal(chosen.drop(columns="model"), source.drop(columns="model").reset_index(drop=True))
-        assert len(selection.top[cls]) == 2
+        assert len(selection.top[cls]) == TOP_K == 3
+        relative = {model: scores["relative"] for model, scores in selection.validation[cls].items()}
+        members = sorted((m for m in relative if m != "ensemble"), key=relative.__getitem__)[:TOP_K]
+        assert sorted(selection.top[cls]) == sorted(members)
 
 
 def test_backtest_rolling_windows_and_no_leakage() -> None:
@@ -95,6 +109,8 @@ def test_backtest_rolling_windows_and_no_leakage() -> None:
     pd.testing.assert_frame_equal(
         result.loc[first, cols].reset_index(drop=True), again.loc[first.to_numpy(), cols].reset_index(drop=True)
     )
+    cutoff = result["cutoff"].min()
+    assert result.attrs["selection"][cutoff] == again.attrs["selection"][cutoff]  # chosen on training data only
 
 
 def test_backtest_accepts_extra_forecasters() -> None:
@@ -110,6 +126,92 @@ def test_backtest_accepts_extra_forecasters() -> None:
     forecasters = {"last": last_value, "SeasonalNaive": default_forecasters()["SeasonalNaive"]}
     result = backtest(synthetic(), h=H, freq="MS", season_length=M, forecasters=forecasters)
     assert set(result["model"]) == {"last", "SeasonalNaive", "ensemble", "chosen"}
+
+
+def offset_forecaster(df: pd.DataFrame, errors: list[float]):
+    """A fake that forecasts the true y + ``errors[step]`` (all three quantiles equal): a known error profile.
+
+    With equal quantiles the pinball loss is half the absolute error, so the error profile alone fixes the
+    ranking on both metrics."""
+
+    def forecast(train: pd.DataFrame, h: int, freq: str, season_length: int) -> pd.DataFrame:
+        last = train["ds"].max()
+        future = df[(df["ds"] > last) & (df["ds"] <= last + pd.DateOffset(months=h))]
+        future = future.sort_values(["unique_id", "ds"])
+        p = future["y"].to_numpy() + np.asarray(errors, dtype=float)[future.groupby("unique_id").cumcount()]
+        return future[["unique_id", "ds"]].assign(p10=p, p50=p, p90=p)
+
+    return forecast
+
+
+def test_selection_weighs_both_metrics_and_prefers_the_combination() -> None:
+    # "spiky" is exact but once far off: best on pinball (mean |error| 0.8), worst on RMSSE (sqrt(5.76/3) = 1.39).
+    # "steady" is off by 1 every step: worst on pinball (1.0), best on RMSSE (1.0). Their mean (errors 1.7, 0.5,
+    # 0.5) lies between them on both (0.9 and 1.06), so neither beats it on both metrics: chosen is the ensemble,
+    # where a pinball-only choice would take "spiky" and an RMSSE-only choice "steady".
+    df = synthetic()
+    spiky, steady = [2.4, 0.0, 0.0], [1.0, 1.0, 1.0]
+    forecasters = {"spiky": offset_forecaster(df, spiky), "steady": offset_forecaster(df, steady)}
+    result = backtest(df, h=H, freq="MS", season_length=M, forecasters=forecasters)
+    check_shape_models(result, df, {"spiky", "steady", "ensemble", "chosen"})
+    selection = result.attrs["selection"][result["cutoff"].iloc[0]]
+    assert set(selection.chosen.values()) == {"ensemble"}
+    for cls, scores in selection.validation.items():
+        assert selection.top[cls] == ["steady", "spiky"]  # relative (1.25 + 1) / 2 < (1 + 1.386) / 2
+        assert scores["spiky"]["scaled_pinball"] / scores["steady"]["scaled_pinball"] == pytest.approx(0.8)
+        assert scores["spiky"]["rmsse"] / scores["steady"]["rmsse"] == pytest.approx(np.sqrt(5.76 / 3))
+        assert scores["ensemble"]["scaled_pinball"] / scores["steady"]["scaled_pinball"] == pytest.approx(0.9)
+        assert scores["ensemble"]["rmsse"] / scores["steady"]["rmsse"] == pytest.approx(np.sqrt(3.39 / 3))
+        assert scores["ensemble"]["relative"] == pytest.approx((0.9 / 0.8 + np.sqrt(3.39 / 3)) / 2)
+    wide = result.pivot_table(index=["unique_id", "ds"], columns="model", values=["p10", "p50", "p90"])
+    for q in ("p10", "p50", "p90"):  # the ensemble is the per-quantile mean of its members
+        np.testing.assert_allclose(wide[(q, "ensemble")], (wide[(q, "spiky")] + wide[(q, "steady")]) / 2)
+        np.testing.assert_allclose(wide[(q, "chosen")], wide[(q, "ensemble")])
+
+
+def test_a_forecaster_better_on_both_metrics_replaces_the_ensemble() -> None:
+    df = synthetic()
+    forecasters = {
+        "spiky": offset_forecaster(df, [2.4, 0.0, 0.0]),
+        "steady": offset_forecaster(df, [1.0, 1.0, 1.0]),
+        "sharp": offset_forecaster(df, [0.3, 0.3, 0.3]),  # beats the mean of all three on both metrics
+        "wide": offset_forecaster(df, [5.0, 5.0, 5.0]),  # never among the TOP_K = 3
+    }
+    result = backtest(df, h=H, freq="MS", season_length=M, forecasters=forecasters)
+    selection = result.attrs["selection"][result["cutoff"].iloc[0]]
+    assert set(selection.chosen.values()) == {"sharp"}
+    assert all(top == ["sharp", "steady", "spiky"] for top in selection.top.values())
+    wide = result.pivot_table(index=["unique_id", "ds"], columns="model", values="p50")
+    np.testing.assert_allclose(wide["ensemble"], (wide["sharp"] + wide["steady"] + wide["spiky"]) / 3)
+    np.testing.assert_allclose(wide["chosen"], wide["sharp"])
+
+
+def class_table(pinball: dict[str, float], rmsse: dict[str, float]) -> pd.DataFrame:
+    """One class's scores in the ``(metric, model)`` column layout of `class_scores`."""
+    columns = pd.MultiIndex.from_tuples([("scaled_pinball", m) for m in pinball] + [("rmsse", m) for m in rmsse])
+    return pd.DataFrame([[*pinball.values(), *rmsse.values()]], index=["intermittent"], columns=columns)
+
+
+def test_relative_scores() -> None:
+    table = class_table({"a": 0.5, "b": 0.4, "c": 0.8}, {"a": 0.6, "b": 0.9, "c": 0.6})
+    relative = relative_scores(table).loc["intermittent"]
+    assert relative.to_dict() == pytest.approx({"a": (1.25 + 1) / 2, "b": (1 + 1.5) / 2, "c": (2 + 1) / 2})
+    perfect = relative_scores(class_table({"a": 0.0, "b": 0.2}, {"a": 0.0, "b": 0.3})).loc["intermittent"]
+    assert perfect["a"] == 1.0 and perfect["b"] == np.inf
+
+
+def test_choose_keeps_the_ensemble_unless_beaten_on_both_metrics() -> None:
+    def chosen(pinball: dict[str, float], rmsse: dict[str, float]) -> str:
+        table = class_table(pinball, rmsse)
+        return choose(table.loc["intermittent"], relative_scores(table).loc["intermittent"])
+
+    # a wins pinball, b wins RMSSE, neither both: the ensemble stays
+    assert chosen({"ensemble": 0.5, "a": 0.4, "b": 0.6}, {"ensemble": 0.8, "a": 0.9, "b": 0.7}) == "ensemble"
+    # a tie is not a win
+    assert chosen({"ensemble": 0.5, "a": 0.5}, {"ensemble": 0.8, "a": 0.7}) == "ensemble"
+    # a and c both beat it; c has the lower relative score ((7/6 + 7/6) / 2 against (1.5 + 1) / 2)
+    pinball, rmsse = {"ensemble": 0.5, "a": 0.45, "b": 0.3, "c": 0.35}, {"ensemble": 0.8, "a": 0.6, "b": 0.9, "c": 0.7}
+    assert chosen(pinball, rmsse) == "c"
 
 
 def test_window_cutoffs_need_room_for_inner_validation() -> None:

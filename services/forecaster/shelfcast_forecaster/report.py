@@ -351,7 +351,9 @@ def _selection_html(result: pd.DataFrame, df: pd.DataFrame) -> str:
         return heading + '<p class="note">No selection recorded (result.attrs["selection"] is empty).</p>'
     note = (
         '<p class="note">Classes (Syntetos-Boylan) are computed on each window\'s training part; the choice is the '
-        "model with the lowest scaled pinball on the inner validation window of that class.</p>"
+        "class's ensemble (the per-quantile mean of the 3 models with the best mean of their scaled pinball and "
+        "RMSSE ratios to the class's best), unless a model beats it on both metrics on the inner validation "
+        "window.</p>"
     )
     return heading + table.to_html(index=False, escape=True, border=0) + "\n" + note
 
