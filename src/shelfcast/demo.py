@@ -33,6 +33,7 @@ from shelfcast.store import connect_redis, feature_key
 
 NOT_BUILT = ["inventory agent", "HTML report"]
 HISTORY_DAYS = 90
+DEMO_INPUTS = ("views", "clicks", "carts")  # feature-window fields the forecaster reads beside demand
 DEMO_START = datetime.date(2026, 1, 1)
 POISON = [b"{not json", b'{"event_id": "x", "type": "teleport"}', b"\xff\xfe"]
 REPORT_DIR = Path("reports/demo")
@@ -101,6 +102,7 @@ def _train_forecaster(state_dir: Path, skus: int, env: dict[str, str]) -> dict:
     _shelfcast(["simulate", "storefront", *past, "--history", str(history)], env)
     registry = Path(env["SHELFCAST_FORECASTER_REGISTRY"])
     train = ["--data", str(history), "--horizon", "14", "--freq", "D", "--season-length", "7", "--epochs", "15"]
+    train += [f"--exogenous={field}" for field in DEMO_INPUTS]
     _shelfcast(["forecaster", "train", *train, "--out", str(registry)], env)
     card = json.loads((registry / "current" / "card.json").read_text())
     chosen = card["spec"]["arch"]

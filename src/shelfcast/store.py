@@ -5,7 +5,7 @@ as JSON, scored by `window_end`. A write first removes whatever has the same `wi
 or late-updated window overwrites itself. Each key keeps the newest `depth` windows and expires after `ttl`.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import numpy as np
@@ -63,13 +63,14 @@ class FeatureStore:
         return _frame(reversed(raw))
 
     def latest_values(
-        self, skus: Iterable[str], granularity: str, n: int, field: str
+        self, skus: Iterable[str], granularity: str, n: int, fields: Sequence[str]
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per SKU, the `window_start`s and one numeric `field` of its newest `n` windows, oldest first, in one
-        round trip (empty arrays for SKUs without windows). The scoring fast path: parsed with orjson and not
-        re-validated, since `write` only stores validated windows."""
-        if field not in FeatureWindow.model_fields:
-            raise ValueError(f"unknown feature field {field!r}")
+        """Per SKU, the `window_start`s (k,) and numeric `fields` (k, len(fields)) of its newest `n` windows,
+        oldest first, in one round trip (None as NaN; k = 0 for SKUs without windows). The scoring fast path:
+        parsed with orjson and not re-validated, since `write` only stores validated windows."""
+        unknown = [f for f in fields if f not in FeatureWindow.model_fields]
+        if unknown:
+            raise ValueError(f"unknown feature field(s) {unknown}")
         skus = list(skus)
         pipe = self._redis.pipeline(transaction=False)
         for sku in skus:
@@ -77,10 +78,9 @@ class FeatureStore:
         out = {}
         for sku, raw in zip(skus, cast(list[list[bytes]], pipe.execute()), strict=True):
             records = [orjson.loads(m) for m in reversed(raw)]
-            out[sku] = (
-                np.fromiter((r["window_start"] for r in records), np.int64, len(records)),
-                np.fromiter((r[field] or 0 for r in records), np.float64, len(records)),
-            )
+            starts = np.fromiter((r["window_start"] for r in records), np.int64, len(records))
+            values = np.array([[r[f] for f in fields] for r in records], dtype=np.float64).reshape(-1, len(fields))
+            out[sku] = (starts, values)
         return out
 
     def skus(self, granularity: str) -> list[str]:

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
 START_MS = int(pd.Timestamp("2026-03-02").value // 1_000_000)
 H = 7
+EXOGENOUS = ("views", "avg_price")
 
 
 def daily_demand(sku_index: int, days: int) -> list[int]:
@@ -41,8 +42,11 @@ def windows(sku: str, units: list[int], first_day: int = 0) -> list[FeatureWindo
             granularity="1d",
             window_start=START_MS + (first_day + d) * DAY_MS,
             window_end=START_MS + (first_day + d + 1) * DAY_MS,
+            views=10 * u + 3,
             purchases=u,
             units=u,
+            revenue=4.0 * u,
+            avg_price=4.0,
         )
         for d, u in enumerate(units)
         if u
@@ -51,14 +55,21 @@ def windows(sku: str, units: list[int], first_day: int = 0) -> list[FeatureWindo
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
-    """A small model trained on 20 daily series, published as current."""
+    """A small model on 20 daily series, views and price as inputs beside demand, published as current."""
     rows = [
-        {"unique_id": f"T{i}", "ds": pd.Timestamp("2026-01-01") + pd.Timedelta(days=d), "y": float(u)}
+        {
+            "unique_id": f"T{i}",
+            "ds": pd.Timestamp("2026-01-01") + pd.Timedelta(days=d),
+            "y": float(u),
+            "views": 10.0 * u + 3,
+            "avg_price": 4.0,
+        }
         for i in range(20)
         for d, u in enumerate(daily_demand(i, 60))
     ]
     reg = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    train_and_publish(pd.DataFrame(rows), reg, H, "D", 7, "test", archs=("lstm",), epochs=2)
+    train_and_publish(pd.DataFrame(rows), reg, H, "D", 7, "test", archs=("lstm",), epochs=2, exogenous=EXOGENOUS)
+    assert reg.card(str(reg.current_version())).spec.exogenous == EXOGENOUS
     return reg
 
 
@@ -205,9 +216,11 @@ def test_training_from_the_feature_store(run_settings: Settings, tmp_path: Path)
 
     sku = f"R-{uuid.uuid4().hex[:8]}"
     seed_store(run_settings, {sku: [0, 3, 0, 0, 5]})
-    history = feature_store_history(FeatureStore(connect_redis(run_settings.redis_url)), "1d", 400)
+    history = feature_store_history(FeatureStore(connect_redis(run_settings.redis_url)), "1d", 400, EXOGENOUS)
     rows = history[history["unique_id"] == sku]
     # zero-demand days are present (no window is no sale); the series runs to the store's newest day
     assert list(rows["y"].iloc[:4]) == [3.0, 0.0, 0.0, 5.0]
+    assert list(rows["views"].iloc[:4]) == [33.0, 0.0, 0.0, 53.0]
+    assert set(rows["avg_price"]) == {4.0}  # carried over the days without a window
     assert rows["ds"].iloc[0] == pd.Timestamp("2026-03-03")
     assert rows["ds"].iloc[-1] == history["ds"].max()

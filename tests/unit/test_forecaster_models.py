@@ -116,3 +116,14 @@ def test_mixed_precision_trains_exports_and_scores_in_float32(tmp_path):
     seq, static = encode_windows(np.ones((2, lookback)), np.ones((2, lookback)), np.ones(2), 700, M)
     out = loaded.serve([tf.constant(seq), tf.constant(static)])
     assert out.dtype == tf.float32 and out.shape == (2, H, 3)
+
+
+def test_exogenous_columns_are_input_channels_and_required():
+    train, _ = split(seasonal_panel(n_series=6, periods=20))
+    train = train.assign(views=train["y"] * 10 + 1, price=np.where(train["y"] > 0, 9.5, np.nan))
+    model = KerasQuantileForecaster("tcn", exogenous=("views", "price"), **SMALL).fit(train, H, "MS", M)
+    assert model.spec is not None and model.spec.exogenous == ("views", "price")
+    assert model.model is not None and model.model.inputs[0].shape[-1] == 5 + 2
+    assert np.isfinite(model.predict(train)[model.columns].to_numpy()).all()
+    with pytest.raises(ValueError, match="missing column"):
+        model.predict(train.drop(columns="price"))

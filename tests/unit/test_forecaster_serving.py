@@ -82,11 +82,23 @@ def test_fingerprint_ignores_row_order_but_not_values() -> None:
 def test_demand_fills_days_without_windows_with_zeros() -> None:
     start = 1_767_225_600_000
     starts = np.array([start, start + 3 * DAY_MS, start + 4 * DAY_MS])
-    demand = demand_from_windows("a", starts, np.array([2.0, 5.0, 1.0]), "1d")
+    demand = demand_from_windows("a", starts, np.array([[2.0], [5.0], [1.0]]), "1d")
     assert demand is not None
     assert demand.units.tolist() == [2, 0, 0, 5, 1]
     assert demand.origin_ms == start + 4 * DAY_MS and demand.period_ms == DAY_MS
-    assert demand_from_windows("a", np.array([], np.int64), np.array([]), "1d") is None
+    assert demand.exog is None
+    assert demand_from_windows("a", np.array([], np.int64), np.zeros((0, 1)), "1d") is None
+
+
+def test_exogenous_counts_are_zero_and_prices_carry_forward_without_a_window() -> None:
+    start = 1_767_225_600_000
+    starts = np.array([start + DAY_MS, start + 3 * DAY_MS])
+    values = np.array([[2.0, 10.0, 4.5], [1.0, 7.0, np.nan]])  # units, views, avg_price (None: no purchase)
+    demand = demand_from_windows("a", starts, values, "1d", exogenous=("views", "avg_price"))
+    assert demand is not None and demand.exog is not None
+    assert demand.units.tolist() == [2, 0, 1]
+    assert demand.exog[:, 0].tolist() == [10, 0, 7]  # no window: no views
+    assert demand.exog[:, 1].tolist() == [4.5, 4.5, 4.5]  # no window or no purchase: the last price holds
 
 
 def test_fallback_is_poisson_at_the_mean_and_zero_without_demand() -> None:

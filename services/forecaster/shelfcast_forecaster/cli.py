@@ -2,6 +2,8 @@
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -108,6 +110,10 @@ def train_command(
     arch: Annotated[
         list[str] | None, typer.Option(help="Candidate architectures (default lstm and tcn); validation picks one.")
     ] = None,
+    exogenous: Annotated[
+        list[str] | None,
+        typer.Option(help="Input columns beside demand, feature-window fields (views, clicks, carts, avg_price...)."),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 40,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -117,8 +123,8 @@ def train_command(
     from shelfcast_forecaster.train import train_and_publish
 
     console = Console()
-    df, source = _training_data(data, layout, dataset, from_redis)
-    with console.status("training") as status:
+    df, source = _training_data(data, layout, dataset, from_redis, tuple(exogenous or ()))
+    with console.status("training") as status, _bad_input_as_usage_error():
         card = train_and_publish(
             df,
             ModelRegistry(out),
@@ -129,6 +135,7 @@ def train_command(
             tuple(arch or ARCHITECTURES),
             epochs,
             seed,
+            tuple(exogenous or ()),
             progress=status.update,
         )
     table = Table("model", "scaled_pinball", "rmsse", "coverage", title=f"validation, last {horizon} periods")
@@ -136,6 +143,15 @@ def train_command(
         table.add_row(name, *(f"{row[k]:.4f}" for k in ("scaled_pinball", "rmsse", "coverage")))
     console.print(table)
     console.print(f"published {card.version} ({card.spec.arch}) to {out}; it is now current")
+
+
+@contextmanager
+def _bad_input_as_usage_error() -> Iterator[None]:
+    """Data or options the model cannot use (missing columns, too little history) as a one-line usage error."""
+    try:
+        yield
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _load(data: Path | None, layout: Layout, dataset: str | None) -> tuple["pd.DataFrame", str]:
@@ -155,7 +171,7 @@ def _load(data: Path | None, layout: Layout, dataset: str | None) -> tuple["pd.D
 
 
 def _training_data(
-    data: Path | None, layout: Layout, dataset: str | None, from_redis: str | None
+    data: Path | None, layout: Layout, dataset: str | None, from_redis: str | None, exogenous: tuple[str, ...]
 ) -> tuple["pd.DataFrame", str]:
     if from_redis is None:
         return _load(data, layout, dataset)
@@ -169,7 +185,8 @@ def _training_data(
     settings = get_settings()
     store = FeatureStore(connect_redis(settings.redis_url))
     depth = ForecasterSettings().history_windows
-    return feature_store_history(store, str(from_redis), depth), f"{settings.redis_url} {from_redis} windows"
+    history = feature_store_history(store, str(from_redis), depth, exogenous)
+    return history, f"{settings.redis_url} {from_redis} windows"
 
 
 @app.command("serve")

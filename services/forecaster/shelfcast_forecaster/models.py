@@ -15,8 +15,11 @@ Inputs of one window (``lookback`` steps ending at the forecast origin):
 - sin/cos of the step's period within the season: its `calendar_position` (periods since a fixed epoch on the
   ``freq`` calendar) modulo ``season_length``, so that training and serving agree on the phase of any date.
 Per window also ``log1p(scale)`` (the series' volume) and sin/cos of the first target step's period.
+- one channel per ``exogenous`` column (e.g. the feature windows' ``views``, ``clicks``, ``avg_price``), divided
+  by the series' mean of that column plus `EPSILON`; a missing value takes the series' previous one (0 before the
+  first). Other columns of ``train`` are ignored.
 Series shorter than ``lookback`` are left-padded with zeros and mask 0 (windows with a padded start are also
-used in training, so the network has seen them); there is no mean fallback. Exogenous columns are ignored.
+used in training, so the network has seen them); there is no mean fallback.
 
 Outputs: ``h x len(quantiles)`` in the scaled space, non-crossing and non-negative by construction: the quantile
 nearest 0.5 is ``softplus(a)``, those above add ``softplus`` increments, those below subtract them and are
@@ -73,6 +76,8 @@ class _Panel:
     scale: np.ndarray  # (S,)
     grid: pd.DatetimeIndex  # (T + h,) the calendar, forecast steps included
     offset: int  # calendar_position of grid[0]
+    exog: np.ndarray  # (S, T, E) exogenous columns, gaps filled forward
+    exog_scale: np.ndarray  # (S, E)
 
 
 class KerasQuantileForecaster:
@@ -101,6 +106,7 @@ class KerasQuantileForecaster:
         point_loss: float = 0.0,
         metric_weights: bool = False,
         mixed_precision: bool | None = None,
+        exogenous: Sequence[str] = (),
         verbose: int = 0,
     ) -> None:
         if arch not in ARCHITECTURES:
@@ -122,6 +128,7 @@ class KerasQuantileForecaster:
         self.point_loss = point_loss
         self.metric_weights = metric_weights
         self.mixed_precision = mixed_precision
+        self.exogenous = tuple(exogenous)
         self.verbose = verbose
         self.model: keras.Model | None = None
         self.spec: ModelSpec | None = None
@@ -142,7 +149,7 @@ class KerasQuantileForecaster:
         """Train a fresh network on every window of ``train``; sets ``model``, ``spec`` and ``history``."""
         if h < 1 or season_length < 1:
             raise ValueError(f"h and season_length must be >= 1; got h={h}, season_length={season_length}")
-        panel = _panel(train, h, freq)
+        panel = _panel(train, h, freq, self.exogenous)
         n = panel.values.shape[1]
         lookback = self.lookback or max(1, min(2 * season_length, n - h))
         val_steps = self.validation_steps or max(1, min(h // 2, n // 8))
@@ -154,9 +161,11 @@ class KerasQuantileForecaster:
             freq=freq,
             season_length=season_length,
             quantiles=self.quantiles,
+            exogenous=self.exogenous,
         )
         dtype = "mixed_float16" if self._mixed() else "float32"
-        self.model = model = _build(self.arch, lookback, h, len(self.quantiles), self.quantiles, self.units, dtype)
+        n_channels = N_CHANNELS + len(self.exogenous)
+        self.model = model = _build(self.arch, lookback, n_channels, h, self.quantiles, self.units, dtype)
         windows = _training_windows(panel, lookback, h, season_length, self.metric_weights)
         self.history = self._fit(model, windows, n - val_steps, h)
         return self
@@ -171,7 +180,7 @@ class KerasQuantileForecaster:
         if self.model is None or self.spec is None:
             raise RuntimeError("fit the forecaster first")
         spec = self.spec
-        panel = _panel(history, spec.horizon, spec.freq)
+        panel = _panel(history, spec.horizon, spec.freq, spec.exogenous)
         x_seq, x_static = _inputs(panel, panel.last, spec.lookback, spec.season_length)
         scaled = _score(self.model, x_seq, x_static, self.score_batch_size)  # (S, h, Q)
         return _frame(panel, scaled * panel.scale[:, None, None], spec.horizon, spec.columns)
@@ -272,10 +281,11 @@ class LastStep(keras.layers.Layer):
 
 
 def _build(
-    arch: str, lookback: int, h: int, n_quantiles: int, quantiles, units: int, dtype: str = "float32"
+    arch: str, lookback: int, n_channels: int, h: int, quantiles, units: int, dtype: str = "float32"
 ) -> keras.Model:
     """``dtype`` is the hidden layers' policy ("mixed_float16" on a GPU); the output head stays float32."""
-    seq = keras.Input((lookback, N_CHANNELS), name="sequence")
+    n_quantiles = len(quantiles)
+    seq = keras.Input((lookback, n_channels), name="sequence")
     static = keras.Input((N_STATIC,), name="static")
     if arch == "lstm":
         x = keras.layers.LSTM(units, return_sequences=True, dtype=dtype)(seq)
@@ -297,8 +307,8 @@ def _build(
     return keras.Model([seq, static], out, name=f"quantile_{arch}")
 
 
-def _panel(train: pd.DataFrame, h: int, freq: str) -> _Panel:
-    missing = [c for c in ("unique_id", "ds", "y") if c not in train.columns]
+def _panel(train: pd.DataFrame, h: int, freq: str, exogenous: Sequence[str] = ()) -> _Panel:
+    missing = [c for c in ("unique_id", "ds", "y", *exogenous) if c not in train.columns]
     if missing:
         raise ValueError(f"train is missing column(s) {missing}")
     if train.empty:
@@ -321,7 +331,24 @@ def _panel(train: pd.DataFrame, h: int, freq: str) -> _Panel:
     last = len(dates) - 1 - np.argmax(observed[:, ::-1], axis=1)
     scale = series_scale(values, observed)
     grid = pd.date_range(dates[0], periods=len(dates) + h, freq=freq)
-    return _Panel(ids, values, observed, last, scale.astype(np.float32), grid, calendar_position(dates[0], freq))
+    exog = np.full((len(ids), len(dates), len(exogenous)), np.nan, dtype=np.float32)
+    for e, column in enumerate(exogenous):
+        exog[row, position, e] = pd.to_numeric(train[column], errors="coerce").to_numpy(dtype=np.float32)
+    exog = fill_forward(exog)
+    offset = calendar_position(dates[0], freq)
+    return _Panel(ids, values, observed, last, scale.astype(np.float32), grid, offset, exog, exog_scales(exog))
+
+
+def fill_forward(exog: np.ndarray) -> np.ndarray:
+    """(S, T, E): each NaN takes the previous value along T; 0 before the first value."""
+    frame = exog.transpose(0, 2, 1).reshape(-1, exog.shape[1])  # (S * E, T)
+    filled = pd.DataFrame(frame).ffill(axis=1).fillna(0.0).to_numpy(dtype=np.float32)
+    return filled.reshape(exog.shape[0], exog.shape[2], exog.shape[1]).transpose(0, 2, 1)
+
+
+def exog_scales(exog: np.ndarray) -> np.ndarray:
+    """(S, T, E) -> (S, E): each series' mean of each exogenous column plus `EPSILON`."""
+    return (np.abs(exog).mean(axis=1) + EPSILON).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -342,12 +369,14 @@ def _phase(position, season_length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)
 
 
-def encode_windows(values, observed, scale, origin_position, season_length: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_windows(
+    values, observed, scale, origin_position, season_length: int, exog=None, exog_scale=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Network inputs ``(sequence, static)`` for windows of raw demand ending at a forecast origin.
 
     ``values`` and ``observed`` are (W, L): the ``lookback`` periods up to and including the origin, 0 where not
     observed; ``scale`` (W,) is each series' scale; ``origin_position`` (W,) or a scalar is the `calendar_position`
-    of the origin.
+    of the origin; ``exog`` (W, L, E) and ``exog_scale`` (W, E), when the model has exogenous columns.
     """
     values, observed = np.asarray(values, np.float32), np.asarray(observed, np.float32)
     scale = np.asarray(scale, np.float32)
@@ -356,6 +385,9 @@ def encode_windows(values, observed, scale, origin_position, season_length: int)
     scaled = values / scale[:, None] * observed
     sin, cos = _phase(origin[:, None] + np.arange(-lookback + 1, 1)[None, :], season_length)
     seq = np.stack([scaled, (scaled > 0).astype(np.float32), observed, sin, cos], axis=-1)
+    if exog is not None and np.shape(exog)[-1]:
+        scaled_exog = np.asarray(exog, np.float32) / np.asarray(exog_scale, np.float32)[:, None, :]
+        seq = np.concatenate([seq, scaled_exog * observed[:, :, None]], axis=-1)
     next_sin, next_cos = _phase(origin + 1, season_length)
     static = np.stack([np.log1p(scale), next_sin, next_cos], axis=-1)
     return seq.astype(np.float32), static.astype(np.float32)
@@ -374,7 +406,9 @@ def _inputs(panel: _Panel, origin: np.ndarray, lookback: int, season_length: int
     clipped = np.clip(steps, 0, None)
     observed = panel.observed[rows[:, None], clipped] * (steps >= 0)
     values = panel.values[rows[:, None], clipped]
-    return encode_windows(values, observed, panel.scale[rows], origin + panel.offset, season_length)
+    exog = panel.exog[rows[:, None], clipped]
+    origins = origin + panel.offset
+    return encode_windows(values, observed, panel.scale[rows], origins, season_length, exog, panel.exog_scale[rows])
 
 
 def _naive_scales(panel: _Panel, season_length: int) -> tuple[np.ndarray, np.ndarray]:

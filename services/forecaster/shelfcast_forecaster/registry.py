@@ -38,6 +38,7 @@ class ModelSpec(BaseModel):
     freq: str
     season_length: int = Field(ge=1)
     quantiles: tuple[float, ...]
+    exogenous: tuple[str, ...] = Field(default=(), description="feature-window fields used as input channels")
 
     @property
     def columns(self) -> list[str]:

@@ -24,7 +24,13 @@ from scipy.stats import poisson
 
 from shelfcast.contracts import Forecast
 from shelfcast.store import FeatureStore
-from shelfcast_forecaster.models import EPSILON, CompiledScoring, calendar_position, encode_windows
+from shelfcast_forecaster.models import (
+    EPSILON,
+    CompiledScoring,
+    calendar_position,
+    encode_windows,
+    fill_forward,
+)
 from shelfcast_forecaster.registry import CARD, SAVED_MODEL, ModelCard
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +44,7 @@ GRANULARITY_FREQ = {"1m": "min", "1h": "h", "1d": "D"}
 PERIOD_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 MAX_BATCH = 4096
 WARM_UP_ORIGIN_MS = 1_767_225_600_000  # 2026-01-01: any date on every supported calendar
+LEVEL_FIELDS = frozenset({"avg_price", "ctr", "conversion"})  # carried forward over periods without a window
 
 
 @dataclass(frozen=True)
@@ -47,36 +54,61 @@ class Demand:
     sku: str
     origin_ms: int  # start of the newest period
     period_ms: int
-    units: np.ndarray
+    units: np.ndarray  # (T,)
+    exog: np.ndarray | None = None  # (T, E): the model's exogenous fields, when it has any
 
 
-def demand_from_windows(sku: str, starts: np.ndarray, units: np.ndarray, granularity: str) -> Demand | None:
-    """Dense per-period demand between the first and the newest window (None when there are no windows)."""
+def demand_from_windows(
+    sku: str, starts: np.ndarray, values: np.ndarray, granularity: str, exogenous: Sequence[str] = ()
+) -> Demand | None:
+    """Dense per-period demand between the first and the newest window (None when there are no windows).
+
+    ``values`` (k, 1 + E) holds ``units`` then the ``exogenous`` fields of each window (`FeatureStore.latest_values`).
+    A period without a window had no events: counts are 0 there, and `LEVEL_FIELDS` keep their previous value.
+    """
     if not len(starts):
         return None
     period = PERIOD_MS[granularity]
     first = int(starts.min())
     index = (starts - first) // period
-    dense = np.zeros(int(index.max()) + 1, dtype=np.float32)
-    np.add.at(dense, index, units)
-    return Demand(sku, first + period * (len(dense) - 1), period, dense)
+    length = int(index.max()) + 1
+    units = np.zeros(length, dtype=np.float32)
+    units[index] = values[:, 0]
+    exog = None
+    if exogenous:
+        levels = np.array([name in LEVEL_FIELDS for name in exogenous])
+        exog = np.where(levels, np.nan, 0.0)[None, :].repeat(length, axis=0).astype(np.float32)
+        exog[index] = values[:, 1:]
+        exog = fill_forward(exog[None])[0]
+    return Demand(sku, first + period * (length - 1), period, units, exog)
 
 
-def feature_store_history(store: FeatureStore, granularity: str, depth: int) -> pd.DataFrame:
-    """Long-format training data (``unique_id, ds, y``) from the newest ``depth`` windows of every SKU in the
-    store: the same demand as `demand_from_windows`, each SKU running to the newest period of any SKU."""
-    skus = store.skus(granularity)
-    values = store.latest_values(skus, granularity, depth, "units")
-    demand = [d for sku, v in values.items() if (d := demand_from_windows(sku, *v, granularity)) is not None]
+def read_demand(store: FeatureStore, skus: Sequence[str], granularity: str, depth: int, exogenous=()) -> list[Demand]:
+    """`demand_from_windows` of each SKU's newest ``depth`` windows; SKUs without windows are left out."""
+    values = store.latest_values(skus, granularity, depth, ["units", *exogenous])
+    demand = (demand_from_windows(sku, *v, granularity, exogenous) for sku, v in values.items())
+    return [d for d in demand if d is not None]
+
+
+def feature_store_history(store: FeatureStore, granularity: str, depth: int, exogenous=()) -> pd.DataFrame:
+    """Long-format training data (``unique_id, ds, y`` and the ``exogenous`` fields) from the newest ``depth``
+    windows of every SKU in the store: the same demand as `demand_from_windows`, each SKU running to the newest
+    period of any SKU."""
+    demand = read_demand(store, store.skus(granularity), granularity, depth, exogenous)
     if not demand:
         raise ValueError(f"the feature store has no {granularity} windows")
     end = max(d.origin_ms for d in demand)
     frames = []
     for d in demand:
-        units = np.concatenate([d.units, np.zeros((end - d.origin_ms) // d.period_ms, np.float32)])
+        gap = (end - d.origin_ms) // d.period_ms
         start = d.origin_ms - d.period_ms * (len(d.units) - 1)
-        ds = pd.to_datetime(start + d.period_ms * np.arange(len(units)), unit="ms")
-        frames.append(pd.DataFrame({"unique_id": d.sku, "ds": ds, "y": units.astype(np.float64)}))
+        ds = pd.to_datetime(start + d.period_ms * np.arange(len(d.units) + gap), unit="ms")
+        frame = pd.DataFrame({"unique_id": d.sku, "ds": ds, "y": np.concatenate([d.units, np.zeros(gap)])})
+        for e, name in enumerate(exogenous):
+            assert d.exog is not None
+            after = d.exog[-1, e] if name in LEVEL_FIELDS else 0.0
+            frame[name] = np.concatenate([d.exog[:, e], np.full(gap, after)])
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -107,20 +139,27 @@ class Scorer:
 
     def quantiles(self, demand: Sequence[Demand]) -> np.ndarray:
         """(len(demand), horizon, n_quantiles) forecasts in demand units from the network."""
-        values, observed = _windows(demand, self.spec.lookback)
+        values, observed = _windows([d.units for d in demand], self.spec.lookback)
         n = len(demand)
         lengths = np.fromiter((len(d.units) for d in demand), np.float32, n)
         scale = np.fromiter((d.units.sum() for d in demand), np.float32, n) / lengths + EPSILON  # `series_scale`
         positions = {ms: self._position(ms) for ms in {d.origin_ms for d in demand}}
         origins = np.fromiter((positions[d.origin_ms] for d in demand), np.int64, n)
-        seq, static = encode_windows(values, observed, scale, origins, self.spec.season_length)
+        exog = exog_scale = None
+        if self.spec.exogenous:
+            series = [_exog(d, len(self.spec.exogenous)) for d in demand]
+            exog = _windows(series, self.spec.lookback)[0]
+            exog_scale = np.stack([np.abs(x).mean(axis=0) for x in series]) + EPSILON  # as `exog_scales`
+        seq, static = encode_windows(values, observed, scale, origins, self.spec.season_length, exog, exog_scale)
         batch = min(MAX_BATCH, 1 << max(0, (len(seq) - 1).bit_length()))  # few shapes: few compilations
         return self._scoring(seq, static, batch) * scale[:, None, None]
 
     def warm_up(self) -> None:
         """Pick the faster compilation mode where there is a choice, then compile every batch shape `quantiles`
         uses, so that no request pays for a compilation."""
-        warm = Demand("warm-up", WARM_UP_ORIGIN_MS, PERIOD_MS["1d"], np.ones(self.spec.lookback, np.float32))
+        ones = np.ones(self.spec.lookback, np.float32)
+        exog = np.ones((self.spec.lookback, len(self.spec.exogenous)), np.float32)
+        warm = Demand("warm-up", WARM_UP_ORIGIN_MS, PERIOD_MS["1d"], ones, exog)
         if len(self._candidates) > 1:
             self._scoring = min(self._candidates, key=lambda c: self._seconds_per_batch(c, [warm] * MAX_BATCH))
             log.info("scoring %s XLA: it was faster on a %d-SKU batch", "with" if self.jit else "without", MAX_BATCH)
@@ -168,18 +207,24 @@ class Scorer:
         return calendar_position(pd.Timestamp(origin_ms, unit="ms"), self.spec.freq)
 
 
-def _windows(demand: Sequence[Demand], lookback: int) -> tuple[np.ndarray, np.ndarray]:
-    """The last ``lookback`` periods of each SKU, left-padded with zeros marked unobserved."""
-    if all(len(d.units) >= lookback for d in demand):
-        values = np.stack([d.units[-lookback:] for d in demand]) if demand else np.zeros((0, lookback), np.float32)
-        return values, np.ones_like(values)
-    values = np.zeros((len(demand), lookback), dtype=np.float32)
-    observed = np.zeros_like(values)
-    for i, d in enumerate(demand):
-        tail = d.units[-lookback:]
+def _windows(series: Sequence[np.ndarray], lookback: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``lookback`` periods of each series ((T,) or (T, E)), left-padded with zeros marked unobserved."""
+    if series and all(len(x) >= lookback for x in series):
+        values = np.stack([x[-lookback:] for x in series])
+        return values, np.ones(values.shape[:2], np.float32)
+    values = np.zeros((len(series), lookback, *np.shape(series[0])[1:]) if series else (0, lookback), np.float32)
+    observed = np.zeros((len(series), lookback), np.float32)
+    for i, x in enumerate(series):
+        tail = x[-lookback:]
         values[i, lookback - len(tail) :] = tail
         observed[i, lookback - len(tail) :] = 1.0
     return values, observed
+
+
+def _exog(d: Demand, n_fields: int) -> np.ndarray:
+    if d.exog is None or d.exog.shape[1] != n_fields:
+        raise ValueError(f"{d.sku}: the model needs {n_fields} exogenous field(s) per period")
+    return d.exog
 
 
 def _as_lists(quantiles: np.ndarray) -> list[list[list[float]]]:

@@ -33,7 +33,7 @@ from shelfcast_forecaster.monitoring import (
     WINDOWS_CONSUMED,
 )
 from shelfcast_forecaster.registry import ModelRegistry
-from shelfcast_forecaster.scoring import GRANULARITY_FREQ, Scorer, demand_from_windows
+from shelfcast_forecaster.scoring import GRANULARITY_FREQ, Scorer, read_demand
 from shelfcast_forecaster.settings import ForecasterSettings
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class ForecastService:
             scorer = Scorer(self.registry.path(version), jit=self.config.jit)
             scorer.warm_up()
             expected = GRANULARITY_FREQ[self.config.granularity]
+            unknown = [f for f in scorer.spec.exogenous if f not in FeatureWindow.model_fields]
+            if unknown:
+                raise ValueError(f"model inputs {unknown} are not feature-window fields")
             if scorer.spec.freq != expected:
                 raise ValueError(
                     f"model freq {scorer.spec.freq!r}, but {self.config.granularity} windows are {expected!r}"
@@ -95,8 +98,7 @@ class ForecastService:
             raise NoModel("no model in the registry: run `shelfcast forecaster train ... --out REGISTRY`")
         started = time.perf_counter()
         gran = self.config.granularity
-        values = self.store.latest_values(skus, gran, self.config.history_windows, "units")
-        demand = [d for sku, v in values.items() if (d := demand_from_windows(sku, *v, gran)) is not None]
+        demand = read_demand(self.store, list(skus), gran, self.config.history_windows, scorer.spec.exogenous)
         if not demand:
             return {}
         now_ms = int(time.time() * 1000)

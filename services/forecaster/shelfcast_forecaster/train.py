@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from shelfcast.contracts import FeatureWindow
 from shelfcast_forecaster.baselines import forecast_baselines
 from shelfcast_forecaster.metrics import evaluate
 from shelfcast_forecaster.models import KerasQuantileForecaster
@@ -22,7 +23,8 @@ from shelfcast_forecaster.registry import ModelCard, ModelRegistry, fingerprint,
 
 INPUTS = (
     "sequence (lookback, 5): demand / scale, demand > 0, observed, sin and cos of the calendar phase; "
-    "static (3): log1p(scale), sin and cos of the first forecast step's phase; scale = mean observed demand + 1e-3"
+    "then each exogenous field / its series mean; static (3): log1p(scale), sin and cos of the first forecast "
+    "step's phase; scale = mean observed demand + 1e-3"
 )
 
 
@@ -61,14 +63,26 @@ def train_and_publish(
     archs: Sequence[str] = ("lstm", "tcn"),
     epochs: int = 40,
     seed: int = 0,
+    exogenous: Sequence[str] = (),
     progress: Callable[[str], None] = lambda _: None,
 ) -> ModelCard:
-    """Validate ``archs``, refit the best on all of ``df``, publish it as the registry's current version."""
-    candidates = {arch: KerasQuantileForecaster(arch, epochs=epochs, seed=seed) for arch in archs}
+    """Validate ``archs``, refit the best on all of ``df``, publish it as the registry's current version.
+
+    ``exogenous`` columns become input channels; they must be `FeatureWindow` fields, which is where the server
+    reads them from."""
+    unservable = [name for name in exogenous if name not in FeatureWindow.model_fields]
+    if unservable:
+        known = ", ".join(FeatureWindow.model_fields)
+        raise ValueError(f"exogenous {unservable} are not feature-window fields ({known})")
+
+    def forecaster(arch: str) -> KerasQuantileForecaster:
+        return KerasQuantileForecaster(arch, epochs=epochs, seed=seed, exogenous=exogenous)
+
+    candidates = {arch: forecaster(arch) for arch in archs}
     scores = validation_scores(df, h, freq, season_length, candidates, progress)
     best = str(scores.loc[list(archs), "scaled_pinball"].idxmin())
     progress(f"refitting {best} on all data")
-    final = KerasQuantileForecaster(best, epochs=epochs, seed=seed).fit(df, h, freq, season_length)
+    final = forecaster(best).fit(df, h, freq, season_length)
     assert final.spec is not None
     data = fingerprint(df, source)
     card = ModelCard(
