@@ -160,6 +160,15 @@ def test_hot_reload_follows_the_current_pointer(
     while client.get("/readyz").json()["model_version"] != new_version:
         assert time.monotonic() < deadline, "the server did not reload the new current version"
         time.sleep(0.2)
+    # a version the stream cannot feed (monthly, but the server reads daily windows) is refused; the old one serves
+    monthly = f"{old.version}-monthly-{uuid.uuid4().hex[:4]}"
+    spec = old.spec.model_copy(update={"freq": "MS"})
+    registry.publish(
+        lambda target: shutil.copytree(source, target), old.model_copy(update={"version": monthly, "spec": spec})
+    )
+    time.sleep(3 * config.reload_seconds)
+    assert client.get("/readyz").json()["model_version"] == new_version
+    assert 'shelfcast_forecaster_model_reloads_total{outcome="failed"}' in client.get("/metrics/").text
     registry.promote(old.version)  # leave the module's registry as it was
 
 

@@ -12,7 +12,6 @@ Poisson quantiles at its mean demand so far (``model="poisson-fallback"``, ``fal
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from scipy.stats import poisson
 
 from shelfcast.contracts import Forecast
@@ -32,9 +32,6 @@ from shelfcast_forecaster.models import (
     fill_forward,
 )
 from shelfcast_forecaster.registry import CARD, SAVED_MODEL, ModelCard
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf
 
 log = logging.getLogger(__name__)
 

@@ -56,33 +56,37 @@ class ForecastService:
         self.store = FeatureStore(client)
         self.registry = ModelRegistry(config.registry)
         self.scorer: Scorer | None = None
+        self._rejected: str | None = None  # a version that failed to load: not retried until `current` moves
 
     def reload_if_changed(self) -> bool:
         """Load the registry's current version when it differs from the one serving; True when swapped."""
         version = self.registry.current_version()
-        if version is None or (self.scorer is not None and self.scorer.version == version):
+        if version in (None, self.version, self._rejected):
             return False
         try:
-            scorer = Scorer(self.registry.path(version), jit=self.config.jit)
+            scorer = Scorer(self.registry.path(str(version)), jit=self.config.jit)
+            self._check(scorer)
             scorer.warm_up()
-            expected = GRANULARITY_FREQ[self.config.granularity]
-            unknown = [f for f in scorer.spec.exogenous if f not in FeatureWindow.model_fields]
-            if unknown:
-                raise ValueError(f"model inputs {unknown} are not feature-window fields")
-            if scorer.spec.freq != expected:
-                raise ValueError(
-                    f"model freq {scorer.spec.freq!r}, but {self.config.granularity} windows are {expected!r}"
-                )
         except Exception:
+            self._rejected = version
             MODEL_RELOADS.labels(outcome="failed").inc()
             log.exception("model version %s could not be loaded; still serving %s", version, self.version)
             return False
         self.scorer = scorer  # one attribute swap: requests in flight finish on the old model
         MODEL_VERSION.clear()
-        MODEL_VERSION.labels(version=version, arch=scorer.spec.arch).set(1)
+        MODEL_VERSION.labels(version=str(version), arch=scorer.spec.arch).set(1)
         MODEL_RELOADS.labels(outcome="loaded").inc()
         log.info("serving model %s (%s on %s)", version, scorer.spec.arch, scorer.device)
         return True
+
+    def _check(self, scorer: Scorer) -> None:
+        """The model must read what the stream provides: its granularity and feature-window fields."""
+        expected = GRANULARITY_FREQ[self.config.granularity]
+        if scorer.spec.freq != expected:
+            raise ValueError(f"model freq {scorer.spec.freq!r}, but {self.config.granularity} windows are {expected!r}")
+        unknown = [f for f in scorer.spec.exogenous if f not in FeatureWindow.model_fields]
+        if unknown:
+            raise ValueError(f"model inputs {unknown} are not feature-window fields")
 
     @property
     def version(self) -> str | None:
