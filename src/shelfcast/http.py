@@ -2,8 +2,9 @@
 
 import time
 
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from prometheus_client import Histogram
+from prometheus_client import Histogram, make_asgi_app
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,3 +55,13 @@ class RequestTimer:
             route = scope.get("route")
             path = route.path if route is not None else "unmatched"
             self.histogram.labels(scope["method"], path, str(status)).observe(time.perf_counter() - started)
+
+
+def service_app(title: str, description: str, lifespan, request_seconds: Histogram) -> FastAPI:
+    """A service's FastAPI app with what every service has: ``/metrics``, request latency into
+    ``request_seconds``, and `ApiError` answered as structured JSON."""
+    app = FastAPI(title=title, version="1", description=description, lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(RequestTimer, histogram=request_seconds)
+    app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]
+    return app

@@ -20,11 +20,10 @@ import redis
 from fastapi import FastAPI, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import make_asgi_app
 from pydantic import BaseModel, Field
 
 from shelfcast.contracts import SKU_PATTERN, Forecast
-from shelfcast.http import ApiError, ErrorResponse, RequestTimer, error_response
+from shelfcast.http import ApiError, ErrorResponse, service_app
 from shelfcast.settings import Settings, get_settings
 from shelfcast.store import connect_redis
 from shelfcast_forecaster.monitoring import REQUEST_SECONDS
@@ -67,15 +66,12 @@ def create_app(
         for thread in threads:
             thread.join(timeout=30)
 
-    app = FastAPI(
-        title="Shelfcast forecaster",
-        version="1",
-        lifespan=lifespan,
-        description="Demand quantiles per SKU from the current model, cached in Redis and refreshed by the stream.",
+    app = service_app(
+        "Shelfcast forecaster",
+        "Demand quantiles per SKU from the current model, cached in Redis and refreshed by the stream.",
+        lifespan,
+        REQUEST_SECONDS,
     )
-    app.mount("/metrics", make_asgi_app())
-    app.add_middleware(RequestTimer, histogram=REQUEST_SECONDS)
-    app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]
     errors = {
         404: {"model": ErrorResponse, "description": "no history for this SKU in the feature store"},
         503: {"model": ErrorResponse, "description": "no model trained yet, or Redis unavailable"},

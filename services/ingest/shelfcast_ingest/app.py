@@ -15,11 +15,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import make_asgi_app
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from shelfcast.contracts import Event, field_errors
-from shelfcast.http import ApiError, ErrorResponse, RequestTimer, error_response
+from shelfcast.http import ApiError, ErrorResponse, service_app
 from shelfcast.kafka import make_producer
 from shelfcast.settings import Settings, get_settings
 from shelfcast_ingest.metrics import (
@@ -156,15 +155,12 @@ def create_app(settings: Settings | None = None, ingest: IngestSettings | None =
         yield
         producer.close()
 
-    app = FastAPI(
-        title="Shelfcast ingest",
-        version="1",
-        lifespan=lifespan,
-        description="Storefront events into Shelfcast. Every accepted event is durable when the response arrives.",
+    app = service_app(
+        "Shelfcast ingest",
+        "Storefront events into Shelfcast. Every accepted event is durable when the response arrives.",
+        lifespan,
+        REQUEST_SECONDS,
     )
-    app.mount("/metrics", make_asgi_app())
-    app.add_middleware(RequestTimer, histogram=REQUEST_SECONDS)
-    app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]
 
     def require_api_key(request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
