@@ -30,7 +30,9 @@ class Demand(Strict):
     dist: Literal["poisson", "negbin", "quantiles"]
     mean: float = Field(gt=0, le=1e5)
     dispersion: float | None = Field(default=None, gt=0, description="negbin only")
-    quantiles: dict[str, float] | None = Field(default=None, description="quantiles only, e.g. {p10: 2, p50: 5, p90: 9}")
+    quantiles: dict[str, float] | None = Field(
+        default=None, description="quantiles only, e.g. {p10: 2, p50: 5, p90: 9}"
+    )
 
     @model_validator(mode="after")
     def _parameters_match_dist(self) -> Self:
