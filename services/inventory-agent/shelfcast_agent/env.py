@@ -163,7 +163,8 @@ class InventorySim:
         if price_move is not None:
             moved = price * (1 + np.clip(np.asarray(price_move, dtype=float), -1, 1) * self.price_step)
             price = np.clip(moved, self.min_price, self.max_price)
-        lead = np.array([rng.integers(lo, hi + 1) for rng, lo, hi in zip(self.rngs, self.lead_min, self.lead_max)])
+        bounds = zip(self.rngs, self.lead_min, self.lead_max, strict=True)
+        lead = np.array([rng.integers(lo, hi + 1) for rng, lo, hi in bounds])
         scale = self.demand_scale(price)
         demand = np.array([s.sample(rng, k) for s, rng, k in zip(self.samplers, self.rngs, scale, strict=True)])
 
