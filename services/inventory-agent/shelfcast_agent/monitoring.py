@@ -1,0 +1,48 @@
+"""Prometheus metrics of the inventory agent (`shelfcast_agent_*`)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DECISIONS = Counter(
+    "shelfcast_agent_decisions",
+    "Decisions made, by policy and kind (reorder: an order; hold: no order this period; price: a price change)",
+    ["policy", "kind"],
+)
+FALLBACKS = Counter(
+    "shelfcast_agent_fallbacks",
+    "Decisions that fell back to capped base-stock, by why (stale_forecast, missing_forecast, no_model, "
+    "q_out_of_range, policy_error)",
+    ["reason"],
+)
+DECISION_SECONDS = Histogram(
+    "shelfcast_agent_decision_latency_seconds",
+    "From the triggering record being consumed to the broker acknowledging the decision",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_SECONDS = Histogram(
+    "shelfcast_agent_batch_duration_seconds",
+    "One transaction: reading state, applying records, deciding, MULTI/EXEC",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ORDER_UNITS = Counter("shelfcast_agent_orders_units", "Units ordered on shelfcast.reorders")
+BUDGET_CUTS = Counter("shelfcast_agent_budget_cut", "Orders cut down to fit the budget per period")
+RECORDS = Counter(
+    "shelfcast_agent_records_consumed",
+    "Records consumed, by source (forecast, event, receipt) and outcome",
+    ["source", "outcome"],
+)
+STATE_SKUS = Gauge("shelfcast_agent_state_skus", "SKUs with inventory state in Redis")
+LAST_DECISION_TIMESTAMP = Gauge(
+    "shelfcast_agent_last_decision_timestamp_seconds", "Unix time of the newest decision confirmed by the broker"
+)
+RECOVERED = Counter(
+    "shelfcast_agent_recovered_decisions",
+    "Unconfirmed decisions found at start-up or after a failed delivery: already on the topic, or re-sent",
+    ["outcome"],
+)
+CONFLICTS = Counter("shelfcast_agent_transaction_conflicts", "State transactions retried because a watched key changed")
+REQUEST_SECONDS = Histogram(
+    "shelfcast_agent_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

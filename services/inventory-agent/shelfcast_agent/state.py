@@ -1,0 +1,217 @@
+"""Inventory state per SKU and the agent's Redis layout.
+
+| key | type | holds |
+| --- | --- | --- |
+| `sc:inv:{sku}` | string (JSON of `InventoryState`) | on hand, pipeline (decision_id, qty, ETA), price, last decision |
+| `sc:inv:{sku}:seen` | sorted set | event and receipt ids applied recently (scored by when), for duplicate deliveries |
+| `{ks}:offset:{topic}:{partition}` | string | next offset to apply, written in the MULTI/EXEC of the state it changed |
+| `{ks}:decision:{decision_id}` | string (JSON of `DecisionRecord`) | the record, its topic, `pending`/`sent` |
+| `{ks}:pending` | sorted set | decision ids recorded but not yet confirmed by the broker, scored by when recorded |
+| `{ks}:budget:{period_start_ms}` | string (float) | unit_cost x qty ordered in that period, all SKUs |
+| `{ks}:skus` | sorted set | every SKU with state, scored by the start of its last decision period (0: none yet) |
+| `{ks}:clock` | hash | the newest decision period seen on the forecasts (`period_ms`, `freq`, `advanced_at_ms`) |
+
+`{ks}` is `SHELFCAST_AGENT_KEYSPACE` (default `sc:agent`).
+
+Purchases take units off hand (it may go negative: units sold without stock, owed to customers until the next
+receipt); returns put them back when `returns_restock` (the default: a returned unit is sellable again). Receipts put
+units on hand and take them off the pipeline: from the order with their `decision_id` when given, else from the
+oldest outstanding orders first; units beyond what was outstanding are still put on hand.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shelfcast.contracts import Event, Forecast, Receipt
+from shelfcast_agent.env import MAX_LEAD
+from shelfcast_agent.settings import SkuParams
+
+INVENTORY_PREFIX = "sc:inv:"
+
+
+def inventory_key(sku: str) -> str:
+    return f"{INVENTORY_PREFIX}{sku}"
+
+
+def seen_key(sku: str) -> str:
+    return f"{INVENTORY_PREFIX}{sku}:seen"
+
+
+class Keys:
+    """The agent's own keys under one keyspace (see the module docstring)."""
+
+    def __init__(self, keyspace: str) -> None:
+        self.ks = keyspace
+        self.pending = f"{keyspace}:pending"
+        self.skus = f"{keyspace}:skus"
+        self.clock = f"{keyspace}:clock"
+
+    def offset(self, topic: str, partition: int) -> str:
+        return f"{self.ks}:offset:{topic}:{partition}"
+
+    def decision(self, decision_id: str) -> str:
+        return f"{self.ks}:decision:{decision_id}"
+
+    def budget(self, period_start_ms: int) -> str:
+        return f"{self.ks}:budget:{period_start_ms}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Outstanding(_Model):
+    """An order placed and not yet (fully) received."""
+
+    decision_id: str
+    qty: float
+    ordered_period_ms: int
+    eta_ms: int
+    eta_step: int = Field(description="forecast step index the order is expected in")
+
+
+class StoredForecast(_Model):
+    """The newest forecast seen for the SKU (kept for decisions when the next one is missing)."""
+
+    start: int
+    freq: str
+    issued_at: int
+    model: str
+    model_version: str
+    fallback: bool = False
+    quantiles: dict[str, list[float]]
+
+    @classmethod
+    def of(cls, f: Forecast) -> StoredForecast:
+        return cls(
+            start=f.start,
+            freq=f.freq,
+            issued_at=f.issued_at,
+            model=f.model,
+            model_version=f.model_version,
+            fallback=f.fallback,
+            quantiles={k: list(v) for k, v in f.quantiles.items()},
+        )
+
+    def describe(self) -> str:
+        return f"forecast {self.model} {self.model_version}" + (" (fallback)" if self.fallback else "")
+
+
+class LastDecision(_Model):
+    decision_id: str
+    period_ms: int
+    qty: int
+    order_up_to: float
+    policy: str
+    fallback: str | None = None
+    reason: str
+    decided_at: int
+
+
+class InventoryState(_Model):
+    """One SKU's inventory as the agent knows it (`sc:inv:{sku}`)."""
+
+    sku: str
+    on_hand: float = 0.0
+    pipeline: list[Outstanding] = Field(default_factory=list)
+    price: float | None = None
+    last_decision_period_ms: int | None = None
+    last_decision: LastDecision | None = None
+    sold_since_decision: float = 0.0
+    demand_rate: float | None = Field(default=None, description="smoothed units sold per period")
+    forecast: StoredForecast | None = None
+    purchases: int = Field(default=0, description="units sold, all time (for audits)")
+    returns: int = 0
+    received: int = 0
+    updated_at: int = 0
+
+    @classmethod
+    def new(cls, sku: str, params: SkuParams) -> InventoryState:
+        price = params.pricing.base_price if params.pricing is not None else None
+        return cls(sku=sku, on_hand=float(params.initial_on_hand), price=price)
+
+    @property
+    def on_order(self) -> float:
+        return float(sum(o.qty for o in self.pipeline))
+
+    @property
+    def inventory_position(self) -> float:
+        return self.on_hand + self.on_order
+
+    def apply_event(self, event: Event, returns_restock: bool) -> bool:
+        """A purchase takes units off hand, a return puts them back; other events do not move stock."""
+        if event.type == "purchase":
+            self.on_hand -= event.qty
+            self.sold_since_decision += event.qty
+            self.purchases += event.qty
+            return True
+        if event.type == "return":
+            self.returns += event.qty
+            if returns_restock:
+                self.on_hand += event.qty
+            return True
+        return False
+
+    def apply_receipt(self, receipt: Receipt) -> Literal["matched", "fifo", "unmatched"]:
+        """Units on hand; off the pipeline by decision_id, else oldest order first (module docstring)."""
+        self.on_hand += receipt.qty
+        self.received += receipt.qty
+        left = float(receipt.qty)
+        outcome: Literal["matched", "fifo", "unmatched"] = "unmatched"
+        if receipt.decision_id is not None:
+            orders = [o for o in self.pipeline if o.decision_id == receipt.decision_id]
+            if orders:
+                outcome = "matched"
+        else:
+            orders = sorted(self.pipeline, key=lambda o: (o.eta_ms, o.decision_id))
+            if orders:
+                outcome = "fifo"
+        for order in orders:
+            taken = min(order.qty, left)
+            order.qty -= taken
+            left -= taken
+            if left <= 0:
+                break
+        self.pipeline = [o for o in self.pipeline if o.qty > 0]
+        return outcome
+
+    def store_forecast(self, forecast: Forecast) -> bool:
+        """Keep the forecast when it is at least as new as the one kept; True when kept."""
+        kept = self.forecast
+        if kept is not None and (forecast.start, forecast.issued_at) < (kept.start, kept.issued_at):
+            return False
+        self.forecast = StoredForecast.of(forecast)
+        return True
+
+    def pipeline_slots(self, current_step: int) -> np.ndarray:
+        """Outstanding units by periods until expected (1..MAX_LEAD), as the simulator's observation has them;
+        overdue orders count as arriving next period."""
+        slots = np.zeros(MAX_LEAD)
+        for order in self.pipeline:
+            ahead = min(max(order.eta_step - current_step, 1), MAX_LEAD)
+            slots[ahead - 1] += order.qty
+        return slots
+
+    def update_demand_rate(self, periods: int) -> None:
+        """Fold the units sold since the last decision into the smoothed sales rate (alpha 0.5)."""
+        if periods > 0:
+            rate = self.sold_since_decision / periods
+            self.demand_rate = rate if self.demand_rate is None else 0.5 * rate + 0.5 * self.demand_rate
+        self.sold_since_decision = 0.0
+
+
+class DecisionRecord(_Model):
+    """A decision as recorded before it is published (`{ks}:decision:{id}`)."""
+
+    decision_id: str
+    kind: Literal["reorder", "price"]
+    topic: str
+    sku: str
+    value: str = Field(description="the record's JSON as it goes on the topic")
+    status: Literal["pending", "sent"] = "pending"
+    recorded_at: int
+    sent_at: int | None = None
