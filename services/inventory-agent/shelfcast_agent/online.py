@@ -1,0 +1,816 @@
+"""`shelfcast agent run`: the online decision loop.
+
+It consumes ``shelfcast.forecasts``, ``shelfcast.events`` (purchases and returns) and ``shelfcast.receipts``, keeps
+each SKU's inventory in Redis (`state.py` has the layout), decides once per SKU per decision period (`decide.py`),
+and publishes to ``shelfcast.reorders`` and ``shelfcast.prices``.
+
+Exactly-once effect of consumed records on the state
+    Each micro-batch is one Redis transaction: WATCH the offset keys of its partitions and the keys it will change,
+    read them, drop the records below the stored offset (already applied), apply the rest, and MULTI/EXEC the new
+    state together with the next offset of every partition (`{ks}:offset:{topic}:{partition}`). On (re)start and
+    on every partition assignment the consumer seeks to those stored offsets (earliest when there are none), so a
+    record is applied once even after a kill -9 between any two steps; Kafka's committed offsets are written too,
+    only for monitoring. A transaction whose watched keys another writer changed is recomputed (a second agent
+    instance that took over a partition is fenced this way). Purchases and receipts are also deduplicated by
+    `event_id` / `receipt_id` for `dedupe_window_s`, against a producer that delivers the same record twice.
+
+No duplicate decision_id on the decision topics
+    A decision's id is deterministic (`{sku}:{period_start_ms}`, `:price` for prices) and the SKU's state says which
+    period it last decided, so a replayed or repeated forecast cannot decide the same period twice. The decision is
+    recorded as `pending` (`{ks}:decision:{id}`, `{ks}:pending`) in the same transaction as the state it changes,
+    BEFORE it is produced; it is marked `sent` once the broker acknowledged it (idempotent producer, acks=all).
+    Pending decisions that are not this process's own in-flight ones and are older than `pending_recover_after_s`
+    (the leftovers of a crash, or of a failed delivery) are recovered: the decision topic is read from a minute
+    before the oldest of them (timestamp lookup; on the embedded broker that lookup answers 0, i.e. earliest) to
+    each partition's end, ids found there are marked sent, and only the others are produced again.
+    The remaining windows: (1) a crash after the broker appended the record but before it answered leaves a record
+    that the scan finds only once the broker has written it, so a scan racing the broker's append by milliseconds
+    could still re-send it; (2) "end of partition" comes from the broker's fetch responses: a broker that reported
+    it too early (the embedded one's ListOffsets high watermark is wrong, its fetch responses were right where we
+    checked) would hide a record from the scan; (3) two live agents on one keyspace: a decision pending longer than
+    `pending_recover_after_s` in a live instance (broker unreachable for that long) would be re-sent by the other.
+    Dead letters are at-least-once (sent before the offsets are stored; a crash in between sends one again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import orjson
+import redis
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer as KafkaConsumer
+
+from shelfcast.contracts import Contract, Event, Forecast, PriceChange, Receipt, Reorder
+from shelfcast.errors import ContractError
+from shelfcast.kafka import DeadLetterWriter, make_consumer, make_producer
+from shelfcast.settings import Settings
+from shelfcast_agent.decide import (
+    BASE_STOCK,
+    BASE_STOCK_VERSION,
+    OrderPlan,
+    OrderPolicy,
+    PolicyAnswer,
+    SkuView,
+    apply_budget,
+    capped_base_stock,
+    clock_for,
+    decision_id,
+    learned_orders,
+    per_period_quantiles,
+    poisson_quantiles,
+    price_rule,
+)
+from shelfcast_agent.env import InventorySim, State
+from shelfcast_agent.monitoring import (
+    BATCH_SECONDS,
+    BUDGET_CUTS,
+    CONFLICTS,
+    DECISION_SECONDS,
+    DECISIONS,
+    FALLBACKS,
+    LAST_DECISION_TIMESTAMP,
+    ORDER_UNITS,
+    RECORDS,
+    RECOVERED,
+    STATE_SKUS,
+)
+from shelfcast_agent.settings import AgentSettings, SkuCatalog, SkuParams
+from shelfcast_agent.state import (
+    DecisionRecord,
+    InventoryState,
+    Keys,
+    LastDecision,
+    Outstanding,
+    StoredForecast,
+    inventory_key,
+    seen_key,
+)
+
+log = logging.getLogger(__name__)
+SOURCES: dict[str, type[Contract]] = {"forecast": Forecast, "event": Event, "receipt": Receipt}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ScanIncomplete(RuntimeError):
+    """A decision topic could not be read to its end in time: nothing is re-sent until it can."""
+
+
+@dataclass
+class Trigger:
+    """Why a SKU decides now: a forecast for a new period, or the sweep for SKUs whose forecast is missing."""
+
+    period_ms: int
+    freq: str
+    forecast: Forecast | None = None
+    consumed_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Decided:
+    record: DecisionRecord
+    consumed_at: float
+    units: int = 0
+
+
+@dataclass
+class BatchOutcome:
+    decisions: list[Decided] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    applied: int = 0
+
+
+class AgentLoop:
+    """Forecasts, purchases and receipts in; inventory state in Redis; reorders and price changes out."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        config: AgentSettings,
+        catalog: SkuCatalog | None = None,
+        policy: OrderPolicy | None = None,
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.config = config
+        self.catalog = catalog or SkuCatalog.from_file(config.sku_params)
+        self.policy = policy
+        self.keys = Keys(config.keyspace)
+        topics = settings.topics
+        self.sources = {topics.forecasts: "forecast", topics.events: "event", topics.receipts: "receipt"}
+        self.consumer: KafkaConsumer = make_consumer(settings, config.group_id)
+        self.producer = make_producer(settings)
+        self.dead_letters = DeadLetterWriter(self.producer, topics.events_dlq, stage="agent")
+        self.ready = threading.Event()
+        self.decisions_sent = 0
+        self._stop = threading.Event()
+        self._inflight: set[str] = set()
+        self._next_sweep = 0.0
+        self._next_recover = 0.0
+
+    @property
+    def policy_name(self) -> str:
+        return f"{self.policy.name} {self.policy.version}" if self.policy is not None else BASE_STOCK
+
+    # ------------------------------------------------------------------------------------------------ running
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self.consumer.subscribe(list(self.sources), on_assign=self._on_assign)
+        try:
+            self._retrying(self._recover_pending)
+            while not stop.is_set():
+                messages = self.consumer.consume(self.config.max_batch, timeout=self.config.poll_timeout_s)
+                records = [m for m in messages if self._usable(m)]
+                if records:
+                    self._process(records)
+                self._tick()
+        finally:
+            self.producer.flush(10)
+            self.consumer.close()
+
+    def _usable(self, msg: Message) -> bool:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return False
+        return True
+
+    def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Seek every assigned partition to the offset stored in Redis with the state (earliest when none)."""
+        keys = [self.keys.offset(p.topic, p.partition) for p in partitions]
+        delay = 0.5
+        while True:
+            try:
+                stored = cast(list[bytes | None], self.redis.mget(keys)) if keys else []
+                break
+            except redis.RedisError as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("reading stored offsets failed (%s); retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        for partition, value in zip(partitions, stored, strict=True):
+            partition.offset = int(value) if value is not None else OFFSET_BEGINNING
+        consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
+        self.ready.set()
+
+    def _tick(self) -> None:
+        """Between batches: the missing-forecast sweep and the recovery of unconfirmed decisions, each at most
+        once per `sweep_interval_s`."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.config.sweep_interval_s
+            self._retrying(self._sweep)
+        if now >= self._next_recover:
+            self._next_recover = now + self.config.sweep_interval_s
+            self._retrying(self._recover_pending)
+
+    def _retrying(self, action: Any) -> Any:
+        """Run `action` until it gets through Redis (None if stopped first); watched-key conflicts rerun at once."""
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                return action()
+            except redis.WatchError:
+                CONFLICTS.inc()
+            except (redis.RedisError, ScanIncomplete) as exc:
+                log.warning("%s failed (%s); retrying in %.1f s", getattr(action, "__name__", action), exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return None
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def _process(self, messages: list[Message]) -> None:
+        consumed_at = time.monotonic()
+        started = time.perf_counter()
+        outcome = self._retrying(lambda: self._transact(messages, consumed_at))
+        if outcome is None:
+            return  # stopped before the batch was applied: its offsets are not stored, a restart re-reads it
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        self._publish(outcome.decisions)
+        if outcome.offsets:
+            commits = [TopicPartition(t, p, o) for (t, p), o in outcome.offsets.items()]
+            try:
+                self.consumer.commit(offsets=commits, asynchronous=True)  # monitoring only: Redis has the truth
+            except Exception as exc:  # a failed monitoring commit must not stop the loop
+                log.debug("offset commit for monitoring failed: %s", exc)
+
+    def _parse(self, messages: Sequence[Message]) -> list[tuple[Message, str, Contract | None, str | None]]:
+        parsed: list[tuple[Message, str, Contract | None, str | None]] = []
+        for msg in messages:
+            source = self.sources[msg.topic()]  # type: ignore[index]
+            try:
+                parsed.append((msg, source, SOURCES[source].from_bytes(msg.value()), None))
+            except ContractError as exc:
+                parsed.append((msg, source, None, f"not a valid {source} record: {exc}"))
+        return parsed
+
+    def _transact(
+        self, messages: Sequence[Message], consumed_at: float, sweep: tuple[int, str, list[str]] | None = None
+    ) -> BatchOutcome:
+        """One batch (or one sweep) as one Redis transaction; see the module docstring."""
+        parsed = self._parse(messages)
+        partitions: list[tuple[str, int]] = sorted({(cast(str, m.topic()), cast(int, m.partition())) for m in messages})
+        offset_keys = [self.keys.offset(t, p) for t, p in partitions]
+        skus = {cast(Any, r).sku for _, _, r, _ in parsed if r is not None} | set(sweep[2] if sweep else [])
+        dedupe: dict[str, list[str]] = {}
+        budget_periods: set[int] = {sweep[0]} if sweep else set()
+        for _, _, record, _ in parsed:
+            if isinstance(record, Event) and record.type in ("purchase", "return"):
+                dedupe.setdefault(record.sku, []).append(f"e:{record.event_id}")
+            elif isinstance(record, Receipt):
+                dedupe.setdefault(record.sku, []).append(f"r:{record.receipt_id}")
+            elif isinstance(record, Forecast):
+                budget_periods.add(clock_for(record.freq, self.config.review_periods).period_start(record.start))
+        sku_list = sorted(skus)
+        budget_list = sorted(budget_periods) if self.config.budget_per_period is not None else []
+        watched = [
+            *offset_keys,
+            *(inventory_key(s) for s in sku_list),
+            *(seen_key(s) for s in dedupe),
+            *(self.keys.budget(p) for p in budget_list),
+            self.keys.clock,
+        ]
+        with self.redis.pipeline(transaction=True) as tx:
+            tx.watch(*watched)
+            reads = self.redis.pipeline(transaction=False)
+            reads.mget(offset_keys or ["-"])
+            reads.mget([inventory_key(s) for s in sku_list] or ["-"])
+            for sku, ids in dedupe.items():
+                reads.zmscore(seen_key(sku), ids)
+            reads.hgetall(self.keys.clock)
+            reads.mget([self.keys.budget(p) for p in budget_list] or ["-"])
+            answers = reads.execute()
+            stored_offsets: dict[tuple[str, int], bytes | None] = dict(zip(partitions, answers[0], strict=False))
+            raw_states = dict(zip(sku_list, answers[1], strict=False))
+            seen = {
+                sku: {i for i, score in zip(ids, answers[2 + n], strict=True) if score is not None}
+                for n, (sku, ids) in enumerate(dedupe.items())
+            }
+            clock = {k.decode(): v.decode() for k, v in answers[2 + len(dedupe)].items()}
+            spent = {p: float(v or 0.0) for p, v in zip(budget_list, answers[3 + len(dedupe)], strict=False)}
+
+            now = now_ms()
+            states: dict[str, InventoryState] = {}
+            for sku, raw in raw_states.items():
+                states[sku] = (
+                    InventoryState.model_validate_json(raw) if raw else InventoryState.new(sku, self.catalog(sku))
+                )
+            touched: set[str] = set()
+            new_ids: dict[str, list[str]] = {}
+            triggers: dict[str, Trigger] = {}
+            outcome = BatchOutcome()
+            letters = []
+            clock_period = int(clock.get("period_ms", 0))
+            clock_freq = clock.get("freq")
+            for msg, source, record, problem in parsed:
+                tp, offset = (cast(str, msg.topic()), cast(int, msg.partition())), cast(int, msg.offset())
+                stored = stored_offsets.get(tp)
+                if stored is not None and offset < int(stored):
+                    RECORDS.labels(source=source, outcome="already_applied").inc()
+                    continue
+                outcome.offsets[tp] = max(outcome.offsets.get(tp, 0), offset + 1)
+                outcome.applied += 1
+                if record is None:
+                    letters.append((msg, cast(str, problem)))
+                    RECORDS.labels(source=source, outcome="invalid").inc()
+                    continue
+                sku = cast(Any, record).sku
+                state = states[sku]
+                if isinstance(record, Forecast):
+                    touched.add(sku)
+                    state.store_forecast(record)
+                    period = clock_for(record.freq, self.config.review_periods).period_start(record.start)
+                    if period > clock_period:
+                        clock_period, clock_freq = period, record.freq
+                    last = state.last_decision_period_ms
+                    pending = triggers.get(sku)
+                    if (last is None or period > last) and (pending is None or period >= pending.period_ms):
+                        triggers[sku] = Trigger(period, record.freq, record, consumed_at)
+                        RECORDS.labels(source=source, outcome="decides").inc()
+                    else:
+                        RECORDS.labels(source=source, outcome="period_decided").inc()
+                    continue
+                key = f"e:{record.event_id}" if isinstance(record, Event) else f"r:{cast(Receipt, record).receipt_id}"
+                if key in seen.get(sku, ()) or key in new_ids.get(sku, ()):
+                    RECORDS.labels(source=source, outcome="duplicate").inc()
+                    continue
+                if isinstance(record, Event):
+                    if not state.apply_event(record, self.config.returns_restock):
+                        RECORDS.labels(source=source, outcome="ignored").inc()
+                        continue
+                    outcome_label = record.type
+                else:
+                    outcome_label = f"receipt_{state.apply_receipt(cast(Receipt, record))}"
+                RECORDS.labels(source=source, outcome=outcome_label).inc()
+                new_ids.setdefault(sku, []).append(key)
+                touched.add(sku)
+
+            if sweep is not None:
+                period, freq, swept = sweep
+                for sku in swept:
+                    last = states[sku].last_decision_period_ms
+                    if last is None or period > last:
+                        triggers[sku] = Trigger(period, freq, None, consumed_at)
+
+            if letters:  # at-least-once: acknowledged before the offsets that skip them are stored
+                for msg, why in letters:
+                    self.dead_letters.send_message(msg, why)
+                if self.producer.flush(self.config.flush_timeout_s) > 0:
+                    raise redis.RedisError("dead letters not acknowledged; batch retried")  # retried like Redis
+
+            decided = self._decide(triggers, states, spent, now)
+            touched |= set(triggers)
+
+            tx.multi()
+            for sku in touched:
+                state = states[sku]
+                state.updated_at = now
+                tx.set(inventory_key(sku), state.model_dump_json(exclude_defaults=False))
+                tx.zadd(self.keys.skus, {sku: state.last_decision_period_ms or 0})
+            for sku, ids in new_ids.items():
+                key = seen_key(sku)
+                tx.zadd(key, dict.fromkeys(ids, now))
+                tx.zremrangebyscore(key, "-inf", now - self.config.dedupe_window_s * 1000)
+                tx.expire(key, self.config.dedupe_window_s)
+            for item in decided:
+                tx.set(self.keys.decision(item.record.decision_id), item.record.model_dump_json())
+                tx.zadd(self.keys.pending, {item.record.decision_id: now})
+            for period, total in spent.items():
+                tx.set(self.keys.budget(period), repr(total), ex=self.config.decision_ttl_s)
+            for (topic, partition), next_offset in outcome.offsets.items():
+                tx.set(self.keys.offset(topic, partition), next_offset)
+            if clock_period > int(clock.get("period_ms", 0)):
+                tx.hset(self.keys.clock, mapping={"period_ms": clock_period, "freq": clock_freq, "advanced_at_ms": now})
+            tx.execute()
+        self._count(decided, triggers, states)
+        outcome.decisions = decided
+        return outcome
+
+    # ------------------------------------------------------------------------------------------------ deciding
+    def _decide(
+        self, triggers: dict[str, Trigger], states: dict[str, InventoryState], spent: dict[int, float], now: int
+    ) -> list[Decided]:
+        """Orders and prices for the triggered SKUs, in SKU order (so the budget is spent deterministically)."""
+        if not triggers:
+            return []
+        plans: dict[str, tuple[OrderPlan, str | None, str, str]] = {}
+        views: list[SkuView] = []
+        for sku in sorted(triggers):
+            trigger, state, params = triggers[sku], states[sku], self.catalog(sku)
+            quantiles, first_step, source, fallback = self._demand(trigger, state, params, now)
+            plan = capped_base_stock(
+                state.inventory_position, quantiles, params, self.config.review_periods, first_step, source
+            )
+            if fallback is None and self.config.model_dir is not None and self.policy is None:
+                fallback = "no_model"
+            plans[sku] = (plan, fallback, BASE_STOCK, BASE_STOCK_VERSION)
+            if fallback is None and self.policy is not None:
+                periods = params.protection_periods + self.config.review_periods
+                per_period, _ = per_period_quantiles(quantiles, first_step, periods)
+                step = clock_for(trigger.freq, self.config.review_periods).step(trigger.period_ms)
+                slots = state.pipeline_slots(step)
+                views.append(SkuView(sku, params, state.on_hand, slots, state.price, per_period, plan.wanted))
+        if views and self.policy is not None:
+            self._learned(views, plans)
+
+        decided: list[Decided] = []
+        for sku in sorted(triggers):
+            trigger, state, params = triggers[sku], states[sku], self.catalog(sku)
+            plan, fallback, policy, version = plans[sku]
+            if self.config.budget_per_period is not None:
+                before = plan
+                plan = apply_budget(plan, params, self.config.budget_per_period - spent.get(trigger.period_ms, 0.0))
+                if plan.budget_cut and not before.budget_cut:
+                    BUDGET_CUTS.inc()
+                spent[trigger.period_ms] = spent.get(trigger.period_ms, 0.0) + params.unit_cost * plan.qty
+            if fallback is not None:
+                plan = _with_reason(plan, f"{plan.reason} [fallback: {fallback.replace('_', ' ')}]")
+            decided += self._record(sku, trigger, state, params, plan, fallback, policy, version, now)
+        return decided
+
+    def _demand(
+        self, trigger: Trigger, state: InventoryState, params: SkuParams, now: int
+    ) -> tuple[dict[str, list[float]], int, str, str | None]:
+        """Quantiles to decide on, the first step that lies in the decision period, a description, and the reason
+        for falling back (None when the forecast is fresh)."""
+        clock = clock_for(trigger.freq, self.config.review_periods)
+        step = clock.step(trigger.period_ms)
+        forecast = trigger.forecast
+        if forecast is not None:
+            first = max(step - clock.step(forecast.start), 0)
+            kept = StoredForecast.of(forecast)
+            age_s = (now - forecast.issued_at) / 1000
+            if age_s > self.config.forecast_max_age_s:
+                return (
+                    dict(forecast.quantiles),
+                    first,
+                    f"{kept.describe()}, stale: {age_s / 3600:.1f} h old",
+                    ("stale_forecast"),
+                )
+            return dict(forecast.quantiles), first, kept.describe(), None
+        stored = state.forecast
+        if stored is not None and stored.freq == trigger.freq:
+            elapsed = step - clock.step(stored.start)
+            if 0 <= elapsed < len(stored.quantiles["p50"]):
+                return (
+                    stored.quantiles,
+                    elapsed,
+                    f"{stored.describe()}, the newest (none for this period)",
+                    ("missing_forecast"),
+                )
+        rate = state.demand_rate
+        if rate is None and state.sold_since_decision > 0:
+            rate = state.sold_since_decision  # one period of sales so far
+        if rate is None:
+            return (
+                poisson_quantiles(params.default_demand, 1),
+                0,
+                (f"default demand {params.default_demand:g} per period (no forecast, no sales history)"),
+                "missing_forecast",
+            )
+        return poisson_quantiles(rate, 1), 0, f"sales rate {rate:.2f} per period (no forecast)", "missing_forecast"
+
+    def _learned(self, views: list[SkuView], plans: dict[str, tuple[OrderPlan, str | None, str, str]]) -> None:
+        """The learned policy's orders for `views`, in place of the base-stock plans unless its answer is bad."""
+        policy = cast(OrderPolicy, self.policy)
+        try:
+            wanted, placed, problems = learned_orders(policy, views, self.config.q_value_limit)
+        except Exception:  # any failure of the model: fall back, counted
+            log.exception("the learned policy failed on %d SKUs; capped base-stock instead", len(views))
+            for view in views:
+                plan, _, name, version = plans[view.sku]
+                plans[view.sku] = (plan, "policy_error", name, version)
+            return
+        for view, want, qty, problem in zip(views, wanted, placed, problems, strict=True):
+            base, _, name, version = plans[view.sku]
+            if problem is not None:
+                plans[view.sku] = (base, problem, name, version)
+                continue
+            reason = (
+                f"{policy.name} {policy.version} orders {int(qty)} (wanted {want:g}) at inventory position"
+                f" {base.position:g}; capped base-stock would order {base.qty} (order-up-to {base.order_up_to:g})"
+            )
+            plan = OrderPlan(
+                int(qty), float(want), base.order_up_to, base.cap, base.position, base.mean_per_period, reason
+            )
+            plans[view.sku] = (plan, None, policy.name, policy.version)
+
+    def _record(
+        self,
+        sku: str,
+        trigger: Trigger,
+        state: InventoryState,
+        params: SkuParams,
+        plan: OrderPlan,
+        fallback: str | None,
+        policy: str,
+        version: str,
+        now: int,
+    ) -> list[Decided]:
+        """Apply a decision to the state and build its records (pending until the broker acknowledges them)."""
+        clock = clock_for(trigger.freq, self.config.review_periods)
+        step = clock.step(trigger.period_ms)
+        if state.last_decision_period_ms is not None:
+            state.update_demand_rate(step - clock.step(state.last_decision_period_ms))
+        else:
+            state.sold_since_decision = 0.0
+        reorder_id = decision_id(sku, trigger.period_ms)
+        out: list[Decided] = []
+        position = state.inventory_position
+        if plan.qty > 0:
+            eta_step = step + params.expected_lead
+            state.pipeline.append(
+                Outstanding(
+                    decision_id=reorder_id,
+                    qty=plan.qty,
+                    ordered_period_ms=trigger.period_ms,
+                    eta_ms=clock.step_start(eta_step),
+                    eta_step=eta_step,
+                )
+            )
+            reorder = Reorder(
+                decision_id=reorder_id,
+                sku=sku,
+                qty=plan.qty,
+                issued_at=now,
+                policy=policy,
+                policy_version=version,
+                inventory_position=position,
+                reason=plan.reason[:2000],
+            )
+            out.append(self._pending(reorder, "reorder", self.settings.topics.reorders, trigger, plan.qty, now))
+        state.last_decision_period_ms = trigger.period_ms
+        state.last_decision = LastDecision(
+            decision_id=reorder_id,
+            period_ms=trigger.period_ms,
+            qty=plan.qty,
+            order_up_to=plan.order_up_to,
+            policy=policy,
+            fallback=fallback,
+            reason=plan.reason,
+            decided_at=now,
+        )
+        if state.price is not None:
+            price = price_rule(
+                state.price,
+                params,
+                position,
+                position + plan.qty,
+                plan.order_up_to,
+                self.config.markdown_above,
+                self.config.scarce_below,
+            )
+            if price is not None:
+                change = PriceChange(
+                    decision_id=decision_id(sku, trigger.period_ms, "price"),
+                    sku=sku,
+                    old_price=price.old_price,
+                    new_price=price.new_price,
+                    issued_at=now,
+                    policy="bounded-markdown",
+                    reason=price.reason,
+                )
+                state.price = price.new_price
+                out.append(self._pending(change, "price", self.settings.topics.prices, trigger, 0, now))
+        return out
+
+    def _pending(
+        self, record: Reorder | PriceChange, kind: str, topic: str, trigger: Trigger, units: int, now: int
+    ) -> Decided:
+        entry = DecisionRecord(
+            decision_id=record.decision_id,
+            kind=kind,  # type: ignore[arg-type]
+            topic=topic,
+            sku=record.sku,
+            value=record.model_dump_json(),
+            recorded_at=now,
+        )
+        return Decided(entry, trigger.consumed_at, units)
+
+    def _count(self, decided: list[Decided], triggers: dict[str, Trigger], states: dict[str, InventoryState]) -> None:
+        for sku in triggers:
+            last = states[sku].last_decision
+            if last is None:
+                continue
+            if last.fallback is not None:
+                FALLBACKS.labels(reason=last.fallback).inc()
+            DECISIONS.labels(policy=last.policy, kind="reorder" if last.qty > 0 else "hold").inc()
+        for item in decided:
+            if item.record.kind == "price":
+                DECISIONS.labels(policy="bounded-markdown", kind="price").inc()
+            ORDER_UNITS.inc(item.units)
+
+    # ------------------------------------------------------------------------------------------------ publishing
+    def _publish(self, decided: list[Decided]) -> None:
+        """Produce recorded decisions, wait for the broker, mark the acknowledged ones sent. A failed delivery
+        stays pending: the recovery checks the topic before producing it again."""
+        if not decided:
+            return
+        acked: list[Decided] = []
+
+        def on_delivery(item: Decided) -> Any:
+            def done(err: KafkaError | None, _msg: Message) -> None:
+                if err is None:
+                    acked.append(item)
+                else:
+                    log.error("decision %s not delivered: %s", item.record.decision_id, err)
+
+            return done
+
+        self._inflight.update(d.record.decision_id for d in decided)
+        try:
+            for item in decided:
+                rec = item.record
+                self.producer.produce(rec.topic, rec.value.encode(), rec.sku.encode(), on_delivery=on_delivery(item))
+            self.producer.flush(self.config.flush_timeout_s)
+            if acked:
+                self._retrying(lambda: self._mark_sent([a.record for a in acked]))
+        finally:
+            self._inflight.difference_update(d.record.decision_id for d in decided)
+        ack_time = time.monotonic()
+        for item in acked:
+            DECISION_SECONDS.observe(ack_time - item.consumed_at)
+        if acked:
+            self.decisions_sent += len(acked)
+            LAST_DECISION_TIMESTAMP.set(time.time())
+
+    def _mark_sent(self, records: Sequence[DecisionRecord]) -> None:
+        sent_at = now_ms()
+        tx = self.redis.pipeline(transaction=True)
+        for rec in records:
+            done = rec.model_copy(update={"status": "sent", "sent_at": sent_at})
+            tx.set(self.keys.decision(rec.decision_id), done.model_dump_json(), ex=self.config.decision_ttl_s)
+            tx.zrem(self.keys.pending, rec.decision_id)
+        tx.execute()
+
+    # ------------------------------------------------------------------------------------------------ recovery
+    def _recover_pending(self) -> None:
+        """Unconfirmed decisions (not ours in flight, older than `pending_recover_after_s`): mark the ones already
+        on their topic sent, produce the others (module docstring)."""
+        cutoff = now_ms() - self.config.pending_recover_after_s * 1000
+        ids = [i.decode() for i in cast(list[bytes], self.redis.zrangebyscore(self.keys.pending, "-inf", cutoff))]
+        ids = [i for i in ids if i not in self._inflight]
+        if not ids:
+            return
+        raw = cast(list[bytes | None], self.redis.mget([self.keys.decision(i) for i in ids]))
+        records = [DecisionRecord.model_validate_json(r) for r in raw if r is not None]
+        orphans = [i for i, r in zip(ids, raw, strict=True) if r is None]
+        if orphans:
+            self.redis.zrem(self.keys.pending, *orphans)
+        pending = [r for r in records if r.status == "pending"]
+        done = [r for r in records if r.status == "sent"]
+        if done:
+            self._mark_sent(done)
+        if not pending:
+            return
+        log.warning("%d decisions were recorded but not confirmed; checking their topics", len(pending))
+        since = min(r.recorded_at for r in pending) - 60_000
+        found: set[str] = set()
+        for topic in sorted({r.topic for r in pending}):
+            found |= self._ids_on_topic(topic, {r.decision_id for r in pending if r.topic == topic}, since)
+        already = [r for r in pending if r.decision_id in found]
+        if already:
+            self._mark_sent(already)
+            RECOVERED.labels(outcome="found_on_topic").inc(len(already))
+        again = [r for r in pending if r.decision_id not in found]
+        if again:
+            log.warning("re-sending %d decisions not found on their topics", len(again))
+            self._publish([Decided(r, time.monotonic()) for r in again])
+            RECOVERED.labels(outcome="resent").inc(len(again))
+
+    def _ids_on_topic(self, topic: str, wanted: set[str], since_ms: int) -> set[str]:
+        """Which of `wanted` decision ids are on `topic`, read from `since_ms` to the end of every partition."""
+        scanner = make_consumer(
+            self.settings,
+            f"{self.config.group_id}-scan-{uuid.uuid4().hex[:8]}",
+            **{"enable.partition.eof": True, "enable.auto.commit": False},
+        )
+        try:
+            meta = scanner.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                raise ScanIncomplete(f"topic {topic} metadata unavailable")
+            asked = [TopicPartition(topic, p, since_ms) for p in sorted(meta.partitions)]
+            starts = scanner.offsets_for_times(asked, timeout=10)
+            assignment = [TopicPartition(topic, tp.partition, tp.offset) for tp in starts if tp.offset >= 0]
+            remaining = {tp.partition for tp in assignment}
+            if not remaining:
+                return set()
+            scanner.assign(assignment)
+            found: set[str] = set()
+            deadline = time.monotonic() + self.config.scan_timeout_s
+            while remaining and time.monotonic() < deadline:
+                msg = scanner.poll(0.2)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(cast(int, msg.partition()))
+                    continue
+                try:
+                    value = orjson.loads(msg.value() or b"{}")
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(value, dict) and value.get("decision_id") in wanted:
+                    found.add(value["decision_id"])
+            if remaining:
+                raise ScanIncomplete(f"{topic} partitions {sorted(remaining)} not read to their end in time")
+            return found
+        finally:
+            scanner.close()
+
+    # ------------------------------------------------------------------------------------------------ sweep
+    def _sweep(self) -> None:
+        """Decide, with the fallback, for SKUs whose forecast for the clock's period has not come within
+        `missing_forecast_grace_s` of the clock reaching it."""
+        clock = {k.decode(): v.decode() for k, v in cast(dict, self.redis.hgetall(self.keys.clock)).items()}
+        STATE_SKUS.set(cast(int, self.redis.zcard(self.keys.skus)))
+        if not clock:
+            return
+        period, freq = int(clock["period_ms"]), clock["freq"]
+        if now_ms() - int(clock["advanced_at_ms"]) < self.config.missing_forecast_grace_s * 1000:
+            return
+        raw = self.redis.zrangebyscore(self.keys.skus, "-inf", f"({period}", start=0, num=self.config.max_batch)
+        late = [s.decode() for s in cast(list[bytes], raw)]
+        if late:
+            outcome = self._transact([], time.monotonic(), (period, freq, late))
+            self._publish(outcome.decisions)
+
+
+def _with_reason(plan: OrderPlan, reason: str) -> OrderPlan:
+    return OrderPlan(
+        plan.qty, plan.wanted, plan.order_up_to, plan.cap, plan.position, plan.mean_per_period, reason, plan.budget_cut
+    )
+
+
+def load_policy(config: AgentSettings) -> OrderPolicy | None:
+    """The learned policy from `model_dir`, or None: capped base-stock decides (and, when a model_dir was configured
+    but could not be loaded, every decision counts a `no_model` fallback)."""
+    if config.model_dir is None:
+        return None
+    if not config.model_dir.exists():
+        log.error("model_dir %s does not exist; deciding with capped base-stock", config.model_dir)
+        return None
+    try:
+        return load_dqn_policy(config.model_dir)
+    except Exception:  # a model that cannot load must not stop the agent
+        log.exception("the DQN in %s could not be loaded; deciding with capped base-stock", config.model_dir)
+        return None
+
+
+class DqnOrders:
+    """`shelfcast_agent.dqn.DQNPolicy` behind the `OrderPolicy` protocol. The DQN is a residual policy: it corrects
+    an anchor's order. Online, the anchor is this agent's capped base-stock order from the forecast (fitting the
+    DQN's own classical anchors by simulation for every SKU and period would be far too slow here)."""
+
+    name = "dqn"
+
+    def __init__(self, dqn: Any) -> None:
+        self.dqn = dqn
+        self.version = str(dqn.policy_version)
+
+    def order_for(self, sim: InventorySim, state: State, anchor: np.ndarray) -> PolicyAnswer:
+        self.dqn.bind(sim, _FixedOrders(anchor))
+        quantities, q = self.dqn.order_for(sim, state)
+        return PolicyAnswer(np.asarray(quantities, dtype=float), np.asarray(q), self.dqn.q_in_range(q))
+
+
+class _FixedOrders:
+    """An anchor whose orders are already computed (one per copy of the sim)."""
+
+    def __init__(self, orders: np.ndarray) -> None:
+        self.orders = np.asarray(orders, dtype=float)
+
+    def order(self, sim: InventorySim, state: State) -> np.ndarray:
+        return self.orders
+
+
+def load_dqn_policy(model_dir: Path) -> OrderPolicy:
+    """The trained DQN in `model_dir` (`dqn.DQNPolicy.load`), as an `OrderPolicy`."""
+    from shelfcast_agent.dqn import DQNPolicy
+
+    return DqnOrders(DQNPolicy.load(model_dir))
+
+
+def run_forever(settings: Settings, config: AgentSettings, stop: threading.Event) -> AgentLoop:
+    """Build the loop from settings and run it until `stop` (the CLI's --no-http mode and `python -m`)."""
+    from shelfcast.store import connect_redis
+
+    loop = AgentLoop(connect_redis(settings.redis_url), settings, config, policy=load_policy(config))
+    loop.run(stop)
+    return loop

@@ -1,0 +1,483 @@
+"""The inventory agent's decision loop on the real broker and Redis: decisions and state from forecasts, purchases
+and receipts; the HTTP API; dead letters; fallbacks; recovery of unconfirmed decisions; and kill -9 + restart with
+no duplicate decision and the state equal to a recomputation from the records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import TypeVar, cast
+
+import numpy as np
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from fastapi.testclient import TestClient
+
+from shelfcast.contracts import DeadLetter, Event, Forecast, PriceChange, Receipt, Reorder
+from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
+from shelfcast.settings import Settings, TopicNames
+from shelfcast.store import connect_redis
+from shelfcast_agent.app import create_app
+from shelfcast_agent.decide import capped_base_stock, decision_id
+from shelfcast_agent.online import AgentLoop
+from shelfcast_agent.settings import AgentSettings, SkuCatalog
+from shelfcast_agent.state import DecisionRecord, InventoryState, Keys, LastDecision, inventory_key
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+DAY_MS = 86_400_000
+D0 = 1_780_000_000_000 // DAY_MS * DAY_MS  # a day start (2026-05-28)
+FLAT = {"p10": [2.0] * 7, "p50": [5.0] * 7, "p90": [8.0] * 7}
+PRICING = {"base_price": 10.0, "elasticity": 1.5, "max_step": 0.1, "min_price": 7.0, "max_price": 12.0}
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture()
+def run_settings(settings: Settings) -> Settings:
+    """Topics of this test only."""
+    run = uid()
+    topics = TopicNames(
+        events=f"it.events.{run}",
+        events_dlq=f"it.dlq.{run}",
+        forecasts=f"it.forecasts.{run}",
+        reorders=f"it.reorders.{run}",
+        prices=f"it.prices.{run}",
+        receipts=f"it.receipts.{run}",
+    )
+    configured = settings.model_copy(update={"topics": topics})
+    ensure_topics(configured, [v for k, v in topics.model_dump().items() if k != "features"])
+    return configured
+
+
+def agent_config(tmp_path: Path, skus: dict[str, dict], **changes: object) -> AgentSettings:
+    params = tmp_path / f"skus-{uid()}.json"
+    params.write_text(json.dumps({"defaults": {"lead_time": 2, "unit_cost": 1.0}, "skus": skus}))
+    base: dict = {
+        "keyspace": f"it:agent:{uid()}",
+        "group_id": f"it-agent-{uid()}",
+        "sku_params": params,
+        "sweep_interval_s": 0.2,
+        "pending_recover_after_s": 1.0,
+    }
+    return AgentSettings(**{**base, **changes})
+
+
+def forecast(sku: str, start: int, quantiles: dict | None = None, issued_at: int | None = None) -> Forecast:
+    q = quantiles or FLAT
+    return Forecast(
+        sku=sku,
+        issued_at=issued_at or int(time.time() * 1000),
+        model="lstm",
+        model_version="v-test",
+        horizon=len(q["p50"]),
+        freq="D",
+        start=start,
+        quantiles=q,
+    )
+
+
+def purchase(sku: str, qty: int, kind: str = "purchase", event_id: str | None = None) -> Event:
+    return Event(
+        event_id=event_id or f"e-{uid()}",
+        type=kind,  # type: ignore[arg-type]
+        sku=sku,
+        ts=D0,
+        qty=qty,
+        price=10.0,
+        currency="EUR",
+    )
+
+
+def send(settings: Settings, topic_records: list[tuple[str, object]]) -> None:
+    producer = make_producer(settings)
+    for topic, record in topic_records:
+        if isinstance(record, bytes):
+            producer.produce(topic, value=record, key=b"x")
+        else:
+            produce(producer, topic, record)  # type: ignore[arg-type]
+    assert producer.flush(10) == 0
+
+
+def read_all(settings: Settings, topic: str, timeout: float = 20.0) -> list[bytes]:
+    """Every record of `topic`, from the start to the end of each partition."""
+    consumer = make_consumer(settings, f"it-read-{uid()}", **{"enable.partition.eof": True})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    remaining, values = set(meta.partitions), []
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            remaining.discard(msg.partition())
+            continue
+        values.append(msg.value())
+    consumer.close()
+    assert not remaining, f"{topic} not read to its end"
+    return values
+
+
+def wait_for(
+    check: Callable[[], object], timeout: float = 30.0, what: str = "condition", interval: float = 0.1
+) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def state_of(settings: Settings, sku: str) -> InventoryState | None:
+    raw = connect_redis(settings.redis_url).get(inventory_key(sku))
+    return InventoryState.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+
+
+def last_decision(settings: Settings, sku: str) -> LastDecision | None:
+    state = state_of(settings, sku)
+    return state.last_decision if state is not None else None
+
+
+@pytest.fixture()
+def agent(run_settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, AgentSettings, dict[str, str]]]:
+    """The agent's app with its decision loop on this test's topics; SKU names unique to the test (their state
+    keys `sc:inv:{sku}` are shared by the session's Redis)."""
+    run = uid()
+    names = {n: f"{n}-{run}" for n in ("A", "P", "C", "M", "S")}
+    skus: dict[str, dict] = {
+        names["A"]: {"initial_on_hand": 10},
+        names["P"]: {"initial_on_hand": 100, "pricing": PRICING},
+        names["C"]: {"initial_on_hand": 0, "moq": 20, "case_pack": 6},
+    }
+    config = agent_config(tmp_path, skus, missing_forecast_grace_s=0.5, forecast_max_age_s=86_400)
+    with TestClient(create_app(run_settings, config)) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the agent to be ready")
+        yield client, config, names
+
+
+def records_on(settings: Settings, topic: str, parse: Callable[[bytes], T], at_least: int = 1) -> list[T]:
+    """The records of `topic` once there are at least `at_least`."""
+
+    def enough() -> list[T] | None:
+        found = [parse(v) for v in read_all(settings, topic)]
+        return found if len(found) >= at_least else None
+
+    return wait_for(enough, what=f"{at_least} records on {topic}")  # type: ignore[return-value]
+
+
+def reorders_on(settings: Settings, at_least: int = 1) -> list[Reorder]:
+    return records_on(settings, settings.topics.reorders, Reorder.from_bytes, at_least)
+
+
+def test_forecasts_purchases_and_receipts_make_reorders_and_state(
+    agent: tuple[TestClient, AgentSettings, dict[str, str]], run_settings: Settings
+) -> None:
+    client, config, names = agent
+    a, p, c = names["A"], names["P"], names["C"]
+    topics = run_settings.topics
+    catalog = SkuCatalog.from_file(config.sku_params)
+    send(run_settings, [(topics.events, purchase(a, 3)), (topics.events, purchase(a, 1, "return"))])
+    send(run_settings, [(topics.events, purchase(a, 1, "view"))])
+    wait_for(lambda: (s := state_of(run_settings, a)) is not None and s.on_hand == 8, what="purchases applied")
+
+    send(run_settings, [(topics.forecasts, forecast(s, D0)) for s in (a, p, c)])
+    expected = capped_base_stock(8.0, FLAT, catalog(a))
+    assert expected.qty > 0
+    by_sku = {r.sku: r for r in reorders_on(run_settings, 2)}
+    first = by_sku[a]
+    assert first.decision_id == decision_id(a, D0) and first.qty == expected.qty
+    assert first.inventory_position == 8 and first.policy == "capped-base-stock"
+    assert "inventory position 8 below order-up-to" in first.reason and "forecast lstm v-test" in first.reason
+    moq = by_sku[c]
+    assert moq.qty % 6 == 0 and moq.qty >= 20 and "made feasible (MOQ 20, case pack 6)" in moq.reason
+    assert p not in by_sku  # 100 on hand: no order
+    prices = records_on(run_settings, topics.prices, PriceChange.from_bytes)
+    assert [(x.sku, x.old_price, x.new_price, x.decision_id) for x in prices] == [(p, 10.0, 9.0, f"{p}:{D0}:price")]
+
+    body = client.get(f"/v1/inventory/{a}").json()
+    assert body["on_hand"] == 8 and body["on_order"] == expected.qty
+    assert body["inventory_position"] == 8 + expected.qty
+    assert body["pipeline"][0]["decision_id"] == first.decision_id
+    assert body["pipeline"][0]["eta_ms"] == D0 + 2 * DAY_MS
+    assert body["last_decision"]["order_up_to"] == expected.order_up_to
+    assert body["params"]["lead_time"] == {"min": 2, "max": 2}
+    assert client.get(f"/v1/inventory/NOPE-{uid()}").status_code == 404
+    assert client.get("/v1/inventory/bad%20sku").status_code == 422
+
+    # the goods arrive; a repeated forecast for the same period decides nothing; the next period decides again
+    receipt = Receipt(receipt_id=f"r-{uid()}", sku=a, qty=first.qty, received_at=D0, decision_id=first.decision_id)
+    send(run_settings, [(topics.receipts, receipt), (topics.receipts, receipt)])  # delivered twice: applied once
+    wait_for(lambda: state_of(run_settings, a).received > 0, what="receipt applied")  # type: ignore[union-attr]
+    state = state_of(run_settings, a)
+    assert state is not None and state.on_hand == 8 + first.qty and state.pipeline == []
+    send(run_settings, [(topics.forecasts, forecast(a, D0))])
+    send(run_settings, [(topics.forecasts, forecast(a, D0 + DAY_MS))])
+    wait_for(
+        lambda: state_of(run_settings, a).last_decision_period_ms == D0 + DAY_MS,  # type: ignore[union-attr]
+        what="the second period's decision",
+    )
+    second = capped_base_stock(8.0 + first.qty, FLAT, catalog(a))
+    ids = [r.decision_id for r in reorders_on(run_settings) if r.sku == a]
+    assert ids == [decision_id(a, D0)] + ([decision_id(a, D0 + DAY_MS)] if second.qty else [])
+    metrics = client.get("/metrics/").text
+    assert 'shelfcast_agent_decisions_total{kind="reorder",policy="capped-base-stock"}' in metrics
+    assert "shelfcast_agent_orders_units_total" in metrics
+
+
+def test_poison_records_are_dead_lettered_and_the_loop_goes_on(
+    agent: tuple[TestClient, AgentSettings, dict[str, str]], run_settings: Settings
+) -> None:
+    _, _, names = agent
+    topics = run_settings.topics
+    bad_event = purchase(names["S"], 1).model_dump() | {"qty": -1}
+    bad_receipt = {"receipt_id": "r", "sku": names["S"], "qty": 0, "received_at": D0}
+    send(
+        run_settings,
+        [
+            (topics.forecasts, b"{not json"),
+            (topics.events, json.dumps(bad_event).encode()),
+            (topics.receipts, json.dumps(bad_receipt).encode()),
+            (topics.forecasts, forecast(names["S"], D0)),
+        ],
+    )
+    letters = records_on(run_settings, topics.events_dlq, DeadLetter.from_bytes, 3)
+    assert {x.stage for x in letters} == {"agent"}
+    by_topic = {x.source_topic: x for x in letters}
+    assert set(by_topic) == {topics.forecasts, topics.events, topics.receipts}
+    assert "not a valid forecast record" in by_topic[topics.forecasts].reason
+    assert "qty" in by_topic[topics.events].reason and by_topic[topics.events].source_offset is not None
+    assert by_topic[topics.receipts].raw == json.dumps(bad_receipt).encode()
+    wait_for(lambda: state_of(run_settings, names["S"]) is not None, what="the valid forecast after the poison")
+
+
+def metric(client: TestClient, name: str, labels: str) -> float:
+    for line in client.get("/metrics/").text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_stale_and_missing_forecasts_fall_back_and_are_counted(
+    agent: tuple[TestClient, AgentSettings, dict[str, str]], run_settings: Settings
+) -> None:
+    client, _, names = agent
+    a, m = names["A"], names["M"]
+    topics = run_settings.topics
+    fallbacks = "shelfcast_agent_fallbacks_total"
+    stale_before = metric(client, fallbacks, 'reason="stale_forecast"')
+    missing_before = metric(client, fallbacks, 'reason="missing_forecast"')
+    send(run_settings, [(topics.events, purchase(m, 4))])  # M sells, but never gets a forecast
+    wait_for(lambda: state_of(run_settings, m) is not None, what="M's state")
+    two_days_ago = int(time.time() * 1000) - 2 * DAY_MS
+    send(run_settings, [(topics.forecasts, forecast(a, D0 + 9 * DAY_MS, issued_at=two_days_ago))])
+
+    stale = cast(LastDecision, wait_for(lambda: last_decision(run_settings, a), what="A's decision"))
+    assert stale.fallback == "stale_forecast" and "stale: 48.0 h old" in stale.reason
+    assert "[fallback: stale forecast]" in stale.reason
+    # the clock reached D0 + 9 days with A's forecast; M had none within the grace: decided on its sales rate
+    missing = cast(LastDecision, wait_for(lambda: last_decision(run_settings, m), what="M's decision"))
+    assert missing.fallback == "missing_forecast" and missing.period_ms == D0 + 9 * DAY_MS
+    assert "sales rate 4.00 per period (no forecast)" in missing.reason
+    assert metric(client, fallbacks, 'reason="stale_forecast"') == stale_before + 1
+    assert metric(client, fallbacks, 'reason="missing_forecast"') == missing_before + 1
+    reorder = next(r for r in reorders_on(run_settings) if r.sku == m)
+    assert reorder.decision_id == decision_id(m, D0 + 9 * DAY_MS) and reorder.qty == missing.qty
+
+
+def test_unconfirmed_decisions_are_checked_on_the_topic_before_sending_again(
+    run_settings: Settings, tmp_path: Path
+) -> None:
+    """The crash window: a decision recorded, produced and acknowledged, but not marked sent; and one recorded and
+    never produced. Recovery sends only the second."""
+    config = agent_config(tmp_path, {})
+    client = connect_redis(run_settings.redis_url)
+    loop = AgentLoop(client, run_settings, config, SkuCatalog())
+    keys = Keys(config.keyspace)
+    sku = f"W-{uid()}"
+    records = []
+    for k in range(2):
+        reorder = Reorder(
+            decision_id=decision_id(sku, D0 + k * DAY_MS),
+            sku=sku,
+            qty=5,
+            issued_at=D0,
+            policy="capped-base-stock",
+            policy_version="1",
+            inventory_position=0,
+            reason="test",
+        )
+        records.append(
+            DecisionRecord(
+                decision_id=reorder.decision_id,
+                kind="reorder",
+                topic=run_settings.topics.reorders,
+                sku=sku,
+                value=reorder.model_dump_json(),
+                recorded_at=int(time.time() * 1000) - 5_000,
+            )
+        )
+        client.set(keys.decision(reorder.decision_id), records[-1].model_dump_json())
+        client.zadd(keys.pending, {reorder.decision_id: records[-1].recorded_at})
+    send(run_settings, [(run_settings.topics.reorders, Reorder.model_validate_json(records[0].value))])
+
+    loop._recover_pending()
+    loop._recover_pending()  # nothing left to do
+    ids = Counter(Reorder.from_bytes(v).decision_id for v in read_all(run_settings, run_settings.topics.reorders))
+    assert ids == {records[0].decision_id: 1, records[1].decision_id: 1}
+    assert client.zcard(keys.pending) == 0
+    for rec in records:
+        assert DecisionRecord.model_validate_json(client.get(keys.decision(rec.decision_id))).status == "sent"  # type: ignore[arg-type]
+    loop.consumer.close()
+
+
+def start_agent(settings: Settings, config: AgentSettings, log: Path) -> subprocess.Popen:
+    """`python -m shelfcast_agent.cli_run --no-http` aimed at this test's broker, Redis, topics and keyspace."""
+    env = {
+        **os.environ,
+        "SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SHELFCAST_REDIS_URL": settings.redis_url,
+        "SHELFCAST_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+        **{f"SHELFCAST_TOPICS__{k.upper()}": v for k, v in settings.topics.model_dump().items()},
+        **{
+            f"SHELFCAST_AGENT_{k.upper()}": str(v)
+            for k, v in config.model_dump(exclude_none=True).items()
+            if k in config.model_fields_set
+        },
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shelfcast_agent.cli_run", "--no-http"], env=env, stdout=out, stderr=out
+        )
+
+
+def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: Settings, tmp_path: Path) -> None:
+    """Forecasts for many SKUs over several periods, purchases (some delivered twice), returns and receipts; the
+    agent is killed with SIGKILL twice while records flow and restarted. Then: no decision_id twice on the
+    decision topics, every SKU decided every period, and each SKU's state equals a recomputation from the records."""
+    run, n_skus, periods, initial = uid(), 100, 8, 20
+    skus = [f"K{i:02d}-{run}" for i in range(n_skus)]
+    params: dict[str, dict] = {s: {"initial_on_hand": initial, "lead_time": 1 + i % 3} for i, s in enumerate(skus)}
+    for s in skus[::5]:
+        params[s]["pricing"] = PRICING
+    config = agent_config(tmp_path, params, max_batch=40, missing_forecast_grace_s=3600, pending_recover_after_s=1.0)
+    topics = run_settings.topics
+    rng = np.random.default_rng(11)
+    events: dict[str, Event] = {}
+    receipts: list[Receipt] = []
+    receipted: set[str] = set()
+    produced: Counter[str] = Counter()
+    keys = Keys(config.keyspace)
+    redis_client = connect_redis(run_settings.redis_url)
+
+    def feed(k: int) -> None:
+        """Period k: purchases and returns (a fifth delivered twice), receipts for the orders on the topic so far
+        (some partial), then a forecast for every SKU, all shuffled together."""
+        batch: list[tuple[str, object]] = []
+        for sku in skus:
+            for _ in range(int(rng.integers(0, 4))):
+                event = purchase(sku, int(rng.integers(1, 6)), "return" if rng.random() < 0.1 else "purchase")
+                events[event.event_id] = event
+                batch += [(topics.events, event)] * (2 if rng.random() < 0.2 else 1)
+        for order in [Reorder.from_bytes(v) for v in read_all(run_settings, topics.reorders)]:
+            if order.decision_id not in receipted and rng.random() < 0.7:
+                qty = order.qty - 1 if order.qty > 1 and rng.random() < 0.3 else order.qty
+                receipt = Receipt(
+                    receipt_id=f"r-{uid()}", sku=order.sku, qty=qty, received_at=D0, decision_id=order.decision_id
+                )
+                receipts.append(receipt)
+                receipted.add(order.decision_id)
+                batch.append((topics.receipts, receipt))
+        for i, sku in enumerate(skus):
+            q = {name: [v * (1 + i % 4) for v in values] for name, values in FLAT.items()}
+            batch.append((topics.forecasts, forecast(sku, D0 + k * DAY_MS, q)))
+        send(run_settings, [batch[j] for j in rng.permutation(len(batch))])
+        produced.update(topic for topic, _ in batch)
+
+    def decided(period: int) -> int:
+        raw = cast(list[bytes | None], redis_client.mget([inventory_key(s) for s in skus]))
+        states = [InventoryState.model_validate_json(r) for r in raw if r is not None]
+        return sum(1 for s in states if (s.last_decision_period_ms or 0) >= D0 + period * DAY_MS)
+
+    def started(period: int) -> bool:
+        raw = cast(list[bytes | None], redis_client.mget([inventory_key(s) for s in skus]))
+        return any(r is not None and b'"last_decision_period_ms":%d' % (D0 + period * DAY_MS) in r for r in raw)
+
+    log = tmp_path / "agent.log"
+    agent = None
+    try:
+        # two incarnations each find a backlog of three periods and are killed at their first decision
+        for first, last in ((0, 2), (3, 5)):
+            for k in range(first, last + 1):
+                feed(k)
+            agent = start_agent(run_settings, config, log)
+            wait_for(partial(started, first), timeout=60, interval=0.005, what=f"period {first} decisions")
+            agent.send_signal(signal.SIGKILL)
+            agent.wait(10)
+            assert decided(last) < n_skus, "killed too late: the backlog was already done"
+        agent = start_agent(run_settings, config, log)
+        wait_for(lambda: decided(5) == n_skus, timeout=60, what="the third incarnation to catch up")
+        for k in range(6, periods):
+            feed(k)  # with receipts for the orders of the earlier incarnations
+            time.sleep(0.3)
+
+        def finished() -> bool:
+            """Every record applied (the stored next offsets add up to what was produced), nothing pending."""
+            applied: Counter[str] = Counter()
+            for key in redis_client.scan_iter(match=f"{config.keyspace}:offset:*"):
+                topic = key.decode().split(":offset:")[1].rsplit(":", 1)[0]
+                applied[topic] += int(redis_client.get(key))  # type: ignore[arg-type]
+            return applied == produced and redis_client.zcard(keys.pending) == 0
+
+        wait_for(finished, timeout=90, what="every SKU to decide every period")
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(20)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+    text = log.read_text()
+    assert text.count("assigned ") == 3, text[-3000:]  # three incarnations consumed
+    assert receipts, "no receipt was exercised"
+
+    reorders = [Reorder.from_bytes(v) for v in read_all(run_settings, topics.reorders)]
+    duplicates = [i for i, c in Counter(r.decision_id for r in reorders).items() if c > 1]
+    assert not duplicates, f"decision ids sent twice: {duplicates}"
+    prices = [PriceChange.from_bytes(v) for v in read_all(run_settings, topics.prices)]
+    assert not [i for i, c in Counter(p.decision_id for p in prices).items() if c > 1]
+    valid_ids = {decision_id(s, D0 + k * DAY_MS) for s in skus for k in range(periods)}
+    assert {r.decision_id for r in reorders} <= valid_ids and len(reorders) >= n_skus
+
+    for sku in skus:
+        state = state_of(run_settings, sku)
+        assert state is not None
+        sold = sum(e.qty for e in events.values() if e.sku == sku and e.type == "purchase")
+        returned = sum(e.qty for e in events.values() if e.sku == sku and e.type == "return")
+        received = sum(r.qty for r in receipts if r.sku == sku)
+        assert state.purchases == sold and state.returns == returned and state.received == received, sku
+        assert state.on_hand == initial - sold + returned + received, sku
+        outstanding = {r.decision_id: r.qty for r in reorders if r.sku == sku}
+        for receipt in (r for r in receipts if r.sku == sku):
+            outstanding[receipt.decision_id] -= receipt.qty  # type: ignore[index]
+        assert {o.decision_id: o.qty for o in state.pipeline} == {i: q for i, q in outstanding.items() if q > 0}, sku
+        if params[sku].get("pricing"):
+            assert state.price == ([p.new_price for p in prices if p.sku == sku] or [10.0])[-1]
+    recorded = [
+        DecisionRecord.model_validate_json(redis_client.get(k))  # type: ignore[arg-type]
+        for k in redis_client.scan_iter(match=f"{config.keyspace}:decision:*", count=1000)
+    ]
+    assert {d.status for d in recorded} == {"sent"}
+    assert sorted(d.decision_id for d in recorded if d.kind == "reorder") == sorted(r.decision_id for r in reorders)
