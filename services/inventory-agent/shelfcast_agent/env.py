@@ -163,8 +163,10 @@ class InventorySim:
         if price_move is not None:
             moved = price * (1 + np.clip(np.asarray(price_move, dtype=float), -1, 1) * self.price_step)
             price = np.clip(moved, self.min_price, self.max_price)
-        bounds = zip(self.rngs, self.lead_min, self.lead_max, strict=True)
-        lead = np.array([rng.integers(lo, hi + 1) for rng, lo, hi in bounds])
+        # Only random lead times draw (integers(lo, lo + 1) consumes no random bits, so the streams are the same).
+        lead = self.lead_min.copy()
+        for row in np.flatnonzero(self.lead_max > self.lead_min):
+            lead[row] = self.rngs[row].integers(self.lead_min[row], self.lead_max[row] + 1)
         scale = self.demand_scale(price)
         demand = np.array([s.sample(rng, k) for s, rng, k in zip(self.samplers, self.rngs, scale, strict=True)])
 
