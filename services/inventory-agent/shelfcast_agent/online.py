@@ -11,25 +11,28 @@ Exactly-once effect of consumed records on the state
     on every partition assignment the consumer seeks to those stored offsets (earliest when there are none), so a
     record is applied once even after a kill -9 between any two steps; Kafka's committed offsets are written too,
     only for monitoring. A transaction whose watched keys another writer changed is recomputed (a second agent
-    instance that took over a partition is fenced this way). Purchases and receipts are also deduplicated by
-    `event_id` / `receipt_id` for `dedupe_window_s`, against a producer that delivers the same record twice.
+    instance that took over a partition is fenced this way). Purchases, returns and receipts are also deduplicated
+    by `event_id` / `receipt_id` for between half and all of `dedupe_window_s`, against a producer that delivers the
+    same record twice (the storefront simulator does).
 
 No duplicate decision_id on the decision topics
     A decision's id is deterministic (`{sku}:{period_start_ms}`, `:price` for prices) and the SKU's state says which
     period it last decided, so a replayed or repeated forecast cannot decide the same period twice. The decision is
-    recorded as `pending` (`{ks}:decision:{id}`, `{ks}:pending`) in the same transaction as the state it changes,
-    BEFORE it is produced; it is marked `sent` once the broker acknowledged it (idempotent producer, acks=all).
-    Pending decisions that are not this process's own in-flight ones and are older than `pending_recover_after_s`
-    (the leftovers of a crash, or of a failed delivery) are recovered: the decision topic is read from a minute
-    before the oldest of them (timestamp lookup; on the embedded broker that lookup answers 0, i.e. earliest) to
-    each partition's end, ids found there are marked sent, and only the others are produced again.
-    The remaining windows: (1) a crash after the broker appended the record but before it answered leaves a record
-    that the scan finds only once the broker has written it, so a scan racing the broker's append by milliseconds
-    could still re-send it; (2) "end of partition" comes from the broker's fetch responses: a broker that reported
-    it too early (the embedded one's ListOffsets high watermark is wrong, its fetch responses were right where we
-    checked) would hide a record from the scan; (3) two live agents on one keyspace: a decision pending longer than
-    `pending_recover_after_s` in a live instance (broker unreachable for that long) would be re-sent by the other.
-    Dead letters are at-least-once (sent before the offsets are stored; a crash in between sends one again).
+    recorded (`{ks}:decision:{id}`, and its id in `{ks}:pending`) in the same transaction as the state it changes,
+    BEFORE it is produced; its id leaves `{ks}:pending` once the broker acknowledged it (idempotent producer,
+    acks=all). Pending decisions that are not this process's own in-flight ones and are older than
+    `pending_recover_after_s` (the leftovers of a crash, or of a failed delivery) are recovered: the decision topic
+    is read from a minute before the oldest of them (a timestamp lookup; the embedded broker answers 0 to it, i.e.
+    earliest, which is also correct) to the end of each partition, ids found there are confirmed, and only the
+    others are produced again.
+    What is left: (1) the scan sees what the broker has made readable when it runs: a produce request the broker
+    appends after the scan (it would have to be stalled for `pending_recover_after_s` after the crash) would be
+    duplicated; (2) "end of partition" comes from the broker's fetch responses: a broker that signalled it too early
+    would hide a record (the embedded one's ListOffsets high watermark is wrong; its fetch responses were right in
+    our tests); (3) a second live agent on the same keyspace, or a stalled old one that resumes, can re-send a
+    decision pending longer than `pending_recover_after_s`. Consumers of the topics keep `decision_id` as the
+    idempotency key for these cases. Dead letters are at-least-once (acknowledged before the offsets that skip them
+    are stored; a crash in between sends one again).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,9 +94,8 @@ from shelfcast_agent.state import (
     Keys,
     LastDecision,
     Outstanding,
-    StoredForecast,
+    describe_forecast,
     inventory_key,
-    seen_key,
 )
 
 log = logging.getLogger(__name__)
@@ -150,11 +153,14 @@ class AgentLoop:
         self.keys = Keys(config.keyspace)
         topics = settings.topics
         self.sources = {topics.forecasts: "forecast", topics.events: "event", topics.receipts: "receipt"}
-        self.consumer: KafkaConsumer = make_consumer(settings, config.group_id)
+        self.consumer: KafkaConsumer = make_consumer(
+            settings, config.group_id, **{"fetch.wait.max.ms": config.fetch_wait_max_ms}
+        )
         self.producer = make_producer(settings)
         self.dead_letters = DeadLetterWriter(self.producer, topics.events_dlq, stage="agent")
         self.ready = threading.Event()
-        self.decisions_sent = 0
+        self.decisions_sent = 0  # records acknowledged by the broker
+        self.decisions_made = 0  # SKU-periods decided (orders and holds)
         self._stop = threading.Event()
         self._inflight: set[str] = set()
         self._next_sweep = 0.0
@@ -171,14 +177,25 @@ class AgentLoop:
         try:
             self._retrying(self._recover_pending)
             while not stop.is_set():
-                messages = self.consumer.consume(self.config.max_batch, timeout=self.config.poll_timeout_s)
-                records = [m for m in messages if self._usable(m)]
+                records = [m for m in self._next_batch() if self._usable(m)]
                 if records:
                     self._process(records)
                 self._tick()
         finally:
             self.producer.flush(10)
             self.consumer.close()
+
+    def _next_batch(self) -> list[Message]:
+        """What the consumer has queued, up to `max_batch`, without waiting; when nothing is, wait for the first
+        record (at most `poll_timeout_s`) and take what came with it. (`consume(n, timeout)` alone would wait the
+        whole timeout for n records: a 100 ms floor on every decision.)"""
+        batch = self.consumer.consume(self.config.max_batch, timeout=0)
+        if batch:
+            return batch
+        batch = self.consumer.consume(1, timeout=self.config.poll_timeout_s)
+        if batch and self.config.max_batch > 1:
+            batch += self.consumer.consume(self.config.max_batch - 1, timeout=0)
+        return batch
 
     def _usable(self, msg: Message) -> bool:
         error = msg.error()
@@ -267,21 +284,24 @@ class AgentLoop:
         partitions: list[tuple[str, int]] = sorted({(cast(str, m.topic()), cast(int, m.partition())) for m in messages})
         offset_keys = [self.keys.offset(t, p) for t, p in partitions]
         skus = {cast(Any, r).sku for _, _, r, _ in parsed if r is not None} | set(sweep[2] if sweep else [])
-        dedupe: dict[str, list[str]] = {}
+        ids: list[str] = []
         budget_periods: set[int] = {sweep[0]} if sweep else set()
         for _, _, record, _ in parsed:
             if isinstance(record, Event) and record.type in ("purchase", "return"):
-                dedupe.setdefault(record.sku, []).append(f"e:{record.event_id}")
+                ids.append(f"e:{record.event_id}")
             elif isinstance(record, Receipt):
-                dedupe.setdefault(record.sku, []).append(f"r:{record.receipt_id}")
+                ids.append(f"r:{record.receipt_id}")
             elif isinstance(record, Forecast):
                 budget_periods.add(clock_for(record.freq, self.config.review_periods).period_start(record.start))
         sku_list = sorted(skus)
         budget_list = sorted(budget_periods) if self.config.budget_per_period is not None else []
+        bucket_ms = self.config.dedupe_window_s * 500  # ids live in half-window buckets: the current one and the last
+        bucket = now_ms() // bucket_ms
+        seen_keys = [self.keys.seen(bucket), self.keys.seen(bucket - 1)] if ids else []
         watched = [
             *offset_keys,
             *(inventory_key(s) for s in sku_list),
-            *(seen_key(s) for s in dedupe),
+            *seen_keys,
             *(self.keys.budget(p) for p in budget_list),
             self.keys.clock,
         ]
@@ -290,19 +310,17 @@ class AgentLoop:
             reads = self.redis.pipeline(transaction=False)
             reads.mget(offset_keys or ["-"])
             reads.mget([inventory_key(s) for s in sku_list] or ["-"])
-            for sku, ids in dedupe.items():
-                reads.zmscore(seen_key(sku), ids)
+            for key in seen_keys:
+                reads.smismember(key, ids)
             reads.hgetall(self.keys.clock)
             reads.mget([self.keys.budget(p) for p in budget_list] or ["-"])
             answers = reads.execute()
             stored_offsets: dict[tuple[str, int], bytes | None] = dict(zip(partitions, answers[0], strict=False))
             raw_states = dict(zip(sku_list, answers[1], strict=False))
-            seen = {
-                sku: {i for i, score in zip(ids, answers[2 + n], strict=True) if score is not None}
-                for n, (sku, ids) in enumerate(dedupe.items())
-            }
-            clock = {k.decode(): v.decode() for k, v in answers[2 + len(dedupe)].items()}
-            spent = {p: float(v or 0.0) for p, v in zip(budget_list, answers[3 + len(dedupe)], strict=False)}
+            seen = {i for answer in answers[2 : 2 + len(seen_keys)] for i, hit in zip(ids, answer, strict=True) if hit}
+            clock = {k.decode(): v.decode() for k, v in answers[2 + len(seen_keys)].items()}
+            spent = {p: float(v or 0.0) for p, v in zip(budget_list, answers[3 + len(seen_keys)], strict=False)}
+            counts: Counter[tuple[str, str]] = Counter()
 
             now = now_ms()
             states: dict[str, InventoryState] = {}
@@ -311,7 +329,7 @@ class AgentLoop:
                     InventoryState.model_validate_json(raw) if raw else InventoryState.new(sku, self.catalog(sku))
                 )
             touched: set[str] = set()
-            new_ids: dict[str, list[str]] = {}
+            new_ids: set[str] = set()
             triggers: dict[str, Trigger] = {}
             outcome = BatchOutcome()
             letters = []
@@ -321,13 +339,13 @@ class AgentLoop:
                 tp, offset = (cast(str, msg.topic()), cast(int, msg.partition())), cast(int, msg.offset())
                 stored = stored_offsets.get(tp)
                 if stored is not None and offset < int(stored):
-                    RECORDS.labels(source=source, outcome="already_applied").inc()
+                    counts[source, "already_applied"] += 1
                     continue
                 outcome.offsets[tp] = max(outcome.offsets.get(tp, 0), offset + 1)
                 outcome.applied += 1
                 if record is None:
                     letters.append((msg, cast(str, problem)))
-                    RECORDS.labels(source=source, outcome="invalid").inc()
+                    counts[source, "invalid"] += 1
                     continue
                 sku = cast(Any, record).sku
                 state = states[sku]
@@ -341,23 +359,22 @@ class AgentLoop:
                     pending = triggers.get(sku)
                     if (last is None or period > last) and (pending is None or period >= pending.period_ms):
                         triggers[sku] = Trigger(period, record.freq, record, consumed_at)
-                        RECORDS.labels(source=source, outcome="decides").inc()
+                        counts[source, "decides"] += 1
                     else:
-                        RECORDS.labels(source=source, outcome="period_decided").inc()
+                        counts[source, "period_decided"] += 1
                     continue
                 key = f"e:{record.event_id}" if isinstance(record, Event) else f"r:{cast(Receipt, record).receipt_id}"
-                if key in seen.get(sku, ()) or key in new_ids.get(sku, ()):
-                    RECORDS.labels(source=source, outcome="duplicate").inc()
+                if key in seen or key in new_ids:
+                    counts[source, "duplicate"] += 1
                     continue
                 if isinstance(record, Event):
                     if not state.apply_event(record, self.config.returns_restock):
-                        RECORDS.labels(source=source, outcome="ignored").inc()
+                        counts[source, "ignored"] += 1
                         continue
-                    outcome_label = record.type
+                    counts[source, record.type] += 1
                 else:
-                    outcome_label = f"receipt_{state.apply_receipt(cast(Receipt, record))}"
-                RECORDS.labels(source=source, outcome=outcome_label).inc()
-                new_ids.setdefault(sku, []).append(key)
+                    counts[source, f"receipt_{state.apply_receipt(cast(Receipt, record))}"] += 1
+                new_ids.add(key)
                 touched.add(sku)
 
             if sweep is not None:
@@ -377,26 +394,29 @@ class AgentLoop:
             touched |= set(triggers)
 
             tx.multi()
-            for sku in touched:
-                state = states[sku]
-                state.updated_at = now
-                tx.set(inventory_key(sku), state.model_dump_json(exclude_defaults=False))
-                tx.zadd(self.keys.skus, {sku: state.last_decision_period_ms or 0})
-            for sku, ids in new_ids.items():
-                key = seen_key(sku)
-                tx.zadd(key, dict.fromkeys(ids, now))
-                tx.zremrangebyscore(key, "-inf", now - self.config.dedupe_window_s * 1000)
-                tx.expire(key, self.config.dedupe_window_s)
-            for item in decided:
-                tx.set(self.keys.decision(item.record.decision_id), item.record.model_dump_json())
-                tx.zadd(self.keys.pending, {item.record.decision_id: now})
+            if touched:
+                for sku in touched:
+                    states[sku].updated_at = now
+                tx.mset({inventory_key(sku): states[sku].model_dump_json() for sku in touched})
+                tx.zadd(self.keys.skus, {sku: states[sku].last_decision_period_ms or 0 for sku in touched})
+            if new_ids:
+                tx.sadd(self.keys.seen(bucket), *new_ids)
+                tx.expire(self.keys.seen(bucket), self.config.dedupe_window_s + 60)
+            if decided:
+                records = {self.keys.decision(d.record.decision_id): d.record.model_dump_json() for d in decided}
+                tx.mset(records)
+                for key in records:
+                    tx.expire(key, self.config.decision_ttl_s)
+                tx.zadd(self.keys.pending, {d.record.decision_id: now for d in decided})
             for period, total in spent.items():
                 tx.set(self.keys.budget(period), repr(total), ex=self.config.decision_ttl_s)
-            for (topic, partition), next_offset in outcome.offsets.items():
-                tx.set(self.keys.offset(topic, partition), next_offset)
+            if outcome.offsets:
+                tx.mset({self.keys.offset(t, p): o for (t, p), o in outcome.offsets.items()})
             if clock_period > int(clock.get("period_ms", 0)):
                 tx.hset(self.keys.clock, mapping={"period_ms": clock_period, "freq": clock_freq, "advanced_at_ms": now})
             tx.execute()
+        for (source, label), n in counts.items():
+            RECORDS.labels(source=source, outcome=label).inc(n)
         self._count(decided, triggers, states)
         outcome.decisions = decided
         return outcome
@@ -453,16 +473,16 @@ class AgentLoop:
         forecast = trigger.forecast
         if forecast is not None:
             first = max(step - clock.step(forecast.start), 0)
-            kept = StoredForecast.of(forecast)
+            kept = describe_forecast(forecast.model, forecast.model_version, forecast.fallback)
             age_s = (now - forecast.issued_at) / 1000
             if age_s > self.config.forecast_max_age_s:
                 return (
                     dict(forecast.quantiles),
                     first,
-                    f"{kept.describe()}, stale: {age_s / 3600:.1f} h old",
+                    f"{kept}, stale: {age_s / 3600:.1f} h old",
                     ("stale_forecast"),
                 )
-            return dict(forecast.quantiles), first, kept.describe(), None
+            return dict(forecast.quantiles), first, kept, None
         stored = state.forecast
         if stored is not None and stored.freq == trigger.freq:
             elapsed = step - clock.step(stored.start)
@@ -603,6 +623,7 @@ class AgentLoop:
         return Decided(entry, trigger.consumed_at, units)
 
     def _count(self, decided: list[Decided], triggers: dict[str, Trigger], states: dict[str, InventoryState]) -> None:
+        self.decisions_made += len(triggers)
         for sku in triggers:
             last = states[sku].last_decision
             if last is None:
@@ -650,13 +671,8 @@ class AgentLoop:
             LAST_DECISION_TIMESTAMP.set(time.time())
 
     def _mark_sent(self, records: Sequence[DecisionRecord]) -> None:
-        sent_at = now_ms()
-        tx = self.redis.pipeline(transaction=True)
-        for rec in records:
-            done = rec.model_copy(update={"status": "sent", "sent_at": sent_at})
-            tx.set(self.keys.decision(rec.decision_id), done.model_dump_json(), ex=self.config.decision_ttl_s)
-            tx.zrem(self.keys.pending, rec.decision_id)
-        tx.execute()
+        """Confirmed: out of the pending set (the record itself stays until its TTL, for audits)."""
+        self.redis.zrem(self.keys.pending, *[r.decision_id for r in records])
 
     # ------------------------------------------------------------------------------------------------ recovery
     def _recover_pending(self) -> None:
@@ -672,10 +688,7 @@ class AgentLoop:
         orphans = [i for i, r in zip(ids, raw, strict=True) if r is None]
         if orphans:
             self.redis.zrem(self.keys.pending, *orphans)
-        pending = [r for r in records if r.status == "pending"]
-        done = [r for r in records if r.status == "sent"]
-        if done:
-            self._mark_sent(done)
+        pending = records
         if not pending:
             return
         log.warning("%d decisions were recorded but not confirmed; checking their topics", len(pending))

@@ -60,6 +60,9 @@ class AgentSettings(BaseSettings):
     scan_timeout_s: float = Field(default=60.0, gt=0, description="limit on reading a decision topic to its end")
     max_batch: int = Field(default=2_000, ge=1, le=100_000, description="records per transaction")
     poll_timeout_s: float = Field(default=0.1, gt=0, le=5)
+    fetch_wait_max_ms: int = Field(
+        default=10, ge=0, le=500, description="broker-side wait of an idle fetch (decision latency when idle)"
+    )
     flush_timeout_s: float = Field(default=30.0, gt=0)
 
 

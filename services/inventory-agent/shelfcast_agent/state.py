@@ -3,10 +3,10 @@
 | key | type | holds |
 | --- | --- | --- |
 | `sc:inv:{sku}` | string (JSON of `InventoryState`) | on hand, pipeline (decision_id, qty, ETA), price, last decision |
-| `sc:inv:{sku}:seen` | sorted set | event and receipt ids applied recently (scored by when), for duplicate deliveries |
 | `{ks}:offset:{topic}:{partition}` | string | next offset to apply, written in the MULTI/EXEC of the state it changed |
-| `{ks}:decision:{decision_id}` | string (JSON of `DecisionRecord`) | the record, its topic, `pending`/`sent` |
-| `{ks}:pending` | sorted set | decision ids recorded but not yet confirmed by the broker, scored by when recorded |
+| `{ks}:decision:{decision_id}` | string (JSON of `DecisionRecord`) | the record to publish and its topic (TTL) |
+| `{ks}:pending` | sorted set | decision ids recorded, not yet acknowledged by the broker, scored by when recorded |
+| `{ks}:seen:{bucket}` | set | event and receipt ids applied, per half of `dedupe_window_s` (the last two are checked) |
 | `{ks}:budget:{period_start_ms}` | string (float) | unit_cost x qty ordered in that period, all SKUs |
 | `{ks}:skus` | sorted set | every SKU with state, scored by the start of its last decision period (0: none yet) |
 | `{ks}:clock` | hash | the newest decision period seen on the forecasts (`period_ms`, `freq`, `advanced_at_ms`) |
@@ -37,10 +37,6 @@ def inventory_key(sku: str) -> str:
     return f"{INVENTORY_PREFIX}{sku}"
 
 
-def seen_key(sku: str) -> str:
-    return f"{INVENTORY_PREFIX}{sku}:seen"
-
-
 class Keys:
     """The agent's own keys under one keyspace (see the module docstring)."""
 
@@ -58,6 +54,9 @@ class Keys:
 
     def budget(self, period_start_ms: int) -> str:
         return f"{self.ks}:budget:{period_start_ms}"
+
+    def seen(self, bucket: int) -> str:
+        return f"{self.ks}:seen:{bucket}"
 
 
 class _Model(BaseModel):
@@ -98,7 +97,11 @@ class StoredForecast(_Model):
         )
 
     def describe(self) -> str:
-        return f"forecast {self.model} {self.model_version}" + (" (fallback)" if self.fallback else "")
+        return describe_forecast(self.model, self.model_version, self.fallback)
+
+
+def describe_forecast(model: str, version: str, fallback: bool) -> str:
+    return f"forecast {model} {version}" + (" (fallback)" if fallback else "")
 
 
 class LastDecision(_Model):
@@ -205,13 +208,12 @@ class InventoryState(_Model):
 
 
 class DecisionRecord(_Model):
-    """A decision as recorded before it is published (`{ks}:decision:{id}`)."""
+    """A decision as recorded before it is published (`{ks}:decision:{id}`); it is unconfirmed while its id is in
+    `{ks}:pending`."""
 
     decision_id: str
     kind: Literal["reorder", "price"]
     topic: str
     sku: str
     value: str = Field(description="the record's JSON as it goes on the topic")
-    status: Literal["pending", "sent"] = "pending"
     recorded_at: int
-    sent_at: int | None = None
