@@ -151,7 +151,7 @@ def run_bench(skus: int, store_skus: int, requests: int, rounds: int, arch: str)
             config = ForecasterSettings(registry=registry.root)
             service = ForecastService(connect_redis(redis_server.address), config)
             service.reload_if_changed()
-            online = demand[:store_skus]
+            online = [d for d in demand if d.units.any()][:store_skus]  # a SKU that never sold has no windows: 404
             _fill_store(service.store, online, progress)
             names = [d.sku for d in online]
             batches = [names[i : i + config.max_batch] for i in range(0, len(names), config.max_batch)]
