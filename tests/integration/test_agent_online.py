@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from shelfcast.contracts import DeadLetter, Event, Forecast, PriceChange, Receipt, Reorder
 from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
@@ -26,7 +28,7 @@ from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import connect_redis
 from shelfcast_agent.app import create_app
 from shelfcast_agent.decide import capped_base_stock, decision_id
-from shelfcast_agent.online import AgentLoop
+from shelfcast_agent.online import AgentLoop, Trigger, load_policy
 from shelfcast_agent.settings import AgentSettings, SkuCatalog
 from shelfcast_agent.state import DecisionRecord, InventoryState, Keys, LastDecision, inventory_key
 
@@ -263,6 +265,10 @@ def test_poison_records_are_dead_lettered_and_the_loop_goes_on(
     wait_for(lambda: state_of(run_settings, names["S"]) is not None, what="the valid forecast after the poison")
 
 
+def metric_value(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def metric(client: TestClient, name: str, labels: str) -> float:
     for line in client.get("/metrics/").text.splitlines():
         if line.startswith(f"{name}{{{labels}}} "):
@@ -479,3 +485,56 @@ def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: S
         for k in redis_client.scan_iter(match=f"{config.keyspace}:decision:*", count=1000)
     ]
     assert sorted(d.decision_id for d in recorded if d.kind == "reorder") == sorted(r.decision_id for r in reorders)
+
+
+def tiny_dqn(path: Path, q_bounds: tuple[float, float]) -> Path:
+    """An untrained DQN saved as `shelfcast agent train` saves one (enough to exercise the online hook)."""
+    dqn = pytest.importorskip("shelfcast_agent.dqn")
+    deltas = [float(d) for d in dqn.ACTION_DELTAS]
+    model = dqn.build_network(len(dqn.FEATURE_FIELDS), len(deltas), (8,), deltas.index(0.0))
+    model.get_layer("standardise").adapt(np.random.default_rng(0).random((64, len(dqn.FEATURE_FIELDS))))
+    card = {
+        "version": "t1",
+        "feature_fields": list(dqn.FEATURE_FIELDS),
+        "action_deltas": deltas,
+        "config": {"hidden": [8]},
+        "margin": 0.0,
+        "q_bounds": list(q_bounds),
+    }
+    return dqn.DQNPolicy(model, card).save(path)
+
+
+def test_a_learned_policy_decides_and_untrusted_answers_fall_back(run_settings: Settings, tmp_path: Path) -> None:
+    sku = f"D-{uid()}"
+    config = agent_config(tmp_path, {sku: {"initial_on_hand": 0}}, model_dir=tiny_dqn(tmp_path / "dqn", (-1e9, 1e9)))
+    policy = load_policy(config)
+    assert policy is not None and policy.name == "dqn" and policy.version == "t1"
+    loop = AgentLoop(connect_redis(run_settings.redis_url), run_settings, config, policy=policy)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        send(run_settings, [(run_settings.topics.forecasts, forecast(sku, D0))])
+        (reorder,) = reorders_on(run_settings)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert reorder.policy == "dqn" and reorder.policy_version == "t1"
+    assert reorder.reason.startswith("dqn t1 orders") and "capped base-stock would order" in reorder.reason
+
+    state = InventoryState.new(sku, loop.catalog(sku))
+    trigger = Trigger(D0 + DAY_MS, "D", forecast(sku, D0 + DAY_MS))
+    before = metric_value("shelfcast_agent_fallbacks_total", {"reason": "q_out_of_range"})
+    loop.policy.dqn.card["q_bounds"] = [1e8, 1e9]  # type: ignore[union-attr]  # nothing is trusted now
+    (decided,) = loop._decide({sku: trigger}, {sku: state}, {}, int(time.time() * 1000))
+    assert state.last_decision is not None and state.last_decision.fallback == "q_out_of_range"
+    assert Reorder.model_validate_json(decided.record.value).policy == "capped-base-stock"
+    loop._count([decided], {sku: trigger}, {sku: state})
+    assert metric_value("shelfcast_agent_fallbacks_total", {"reason": "q_out_of_range"}) == before + 1
+
+    missing = AgentLoop(loop.redis, run_settings, config.model_copy(update={"model_dir": tmp_path / "none"}))
+    state = InventoryState.new(sku, loop.catalog(sku))
+    missing._decide({sku: trigger}, {sku: state}, {}, int(time.time() * 1000))
+    assert state.last_decision is not None and state.last_decision.fallback == "no_model"
+    loop.consumer.close()
+    missing.consumer.close()
