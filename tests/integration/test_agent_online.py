@@ -538,3 +538,25 @@ def test_a_learned_policy_decides_and_untrusted_answers_fall_back(run_settings: 
     assert state.last_decision is not None and state.last_decision.fallback == "no_model"
     loop.consumer.close()
     missing.consumer.close()
+
+
+def test_the_budget_per_period_cuts_orders_across_skus(run_settings: Settings, tmp_path: Path) -> None:
+    skus = [f"G{i}-{uid()}" for i in range(3)]
+    config = agent_config(tmp_path, {s: {"initial_on_hand": 0} for s in skus}, budget_per_period=40.0)
+    loop = AgentLoop(connect_redis(run_settings.redis_url), run_settings, config)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        send(run_settings, [(run_settings.topics.forecasts, forecast(skus[0], D0))])
+        reorders_on(run_settings, 1)  # the first SKU's order is in the budget before the others come
+        send(run_settings, [(run_settings.topics.forecasts, forecast(s, D0)) for s in skus[1:]])
+        reorders = reorders_on(run_settings, 3)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert sorted(r.qty for r in reorders) == [10, 15, 15]  # each wants 15 (the cap); 40 to spend at 1 per unit
+    (cut,) = [r for r in reorders if r.qty == 10]
+    assert "cut from 15 to 10 by the period budget (10.00 left, 1 per unit)" in cut.reason
+    spent = connect_redis(run_settings.redis_url).get(Keys(config.keyspace).budget(D0))
+    assert float(spent) == 40.0  # type: ignore[arg-type]
