@@ -252,14 +252,17 @@ def test_poison_records_are_dead_lettered_and_the_loop_goes_on(
             (topics.forecasts, b"{not json"),
             (topics.events, json.dumps(bad_event).encode()),
             (topics.receipts, json.dumps(bad_receipt).encode()),
+            (topics.forecasts, forecast(names["S"], D0).model_copy(update={"freq": "2MS"}).to_bytes()),
             (topics.forecasts, forecast(names["S"], D0)),
         ],
     )
-    letters = records_on(run_settings, topics.events_dlq, DeadLetter.from_bytes, 3)
+    letters = records_on(run_settings, topics.events_dlq, DeadLetter.from_bytes, 4)
     assert {x.stage for x in letters} == {"agent"}
     by_topic = {x.source_topic: x for x in letters}
     assert set(by_topic) == {topics.forecasts, topics.events, topics.receipts}
-    assert "not a valid forecast record" in by_topic[topics.forecasts].reason
+    reasons = sorted(x.reason for x in letters if x.source_topic == topics.forecasts)
+    assert reasons[0].startswith("forecast freq not usable for decision periods")
+    assert reasons[1].startswith("not a valid forecast record")
     assert "qty" in by_topic[topics.events].reason and by_topic[topics.events].source_offset is not None
     assert by_topic[topics.receipts].raw == json.dumps(bad_receipt).encode()
     wait_for(lambda: state_of(run_settings, names["S"]) is not None, what="the valid forecast after the poison")

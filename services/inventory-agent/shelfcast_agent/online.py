@@ -271,9 +271,14 @@ class AgentLoop:
         for msg in messages:
             source = self.sources[msg.topic()]  # type: ignore[index]
             try:
-                parsed.append((msg, source, SOURCES[source].from_bytes(msg.value()), None))
+                record = SOURCES[source].from_bytes(msg.value())
+                if isinstance(record, Forecast):
+                    clock_for(record.freq, self.config.review_periods)  # periods must be derivable from its freq
+                parsed.append((msg, source, record, None))
             except ContractError as exc:
                 parsed.append((msg, source, None, f"not a valid {source} record: {exc}"))
+            except ValueError as exc:
+                parsed.append((msg, source, None, f"forecast freq not usable for decision periods: {exc}"))
         return parsed
 
     def _transact(
