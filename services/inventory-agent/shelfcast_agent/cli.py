@@ -158,13 +158,13 @@ def _print(table: pd.DataFrame, head: dict[str, Any], console: Console) -> None:
     from shelfcast_agent.evaluate import DQN, OPTIMAL
 
     policies = [p for p in (DQN, *CLASSICAL, OPTIMAL) if p in table.columns]
-    gaps = [c for c in ("gap_dqn_pct", "dqn_vs_best_classical_pct") if c in table.columns]
-    out = Table(
-        "instance",
-        *policies,
-        *("dqn vs optimal %", "dqn vs best classical %")[: len(gaps)],
-        title="mean cost per period",
-    )
+    headers = {
+        "gap_dqn_pct": "dqn vs optimal %",
+        "dqn_vs_optimal_policy_pct": "dqn vs optimal policy (same seeds) %",
+        "dqn_vs_best_classical_pct": "dqn vs best classical %",
+    }
+    gaps = [c for c in headers if c in table.columns]
+    out = Table("instance", *policies, *(headers[c] for c in gaps), title="mean cost per period")
     for instance, row in table.iterrows():
         cells = [_cell(row[p], "{:.3f}") for p in policies] + [_cell(row[c], "{:+.2f}") for c in gaps]
         out.add_row(str(instance), *cells)
@@ -173,6 +173,9 @@ def _print(table: pd.DataFrame, head: dict[str, Any], console: Console) -> None:
     worst = head.get("worst_dqn_vs_best_classical_pct")
     if mean_gap is not None:
         console.print(f"dqn mean gap to the optimum ({head['optimum_computable']} instances): {mean_gap:+.2f}%")
+    paired = head.get("mean_gap_dqn_vs_simulated_optimal_policy_pct")
+    if paired is not None:
+        console.print(f"dqn mean gap to the optimal policy simulated on the same seeds: {paired:+.2f}%")
     if worst is not None:
         console.print(f"dqn worst gap to the best classical: {worst:+.2f}% ({head['worst_instance']})")
 
