@@ -77,19 +77,17 @@ class Pricing(Strict):
     min_price: float = Field(gt=0)
     max_price: float = Field(gt=0)
 
+    @model_validator(mode="after")
+    def _base_price_within_bounds(self) -> Self:
+        if not self.min_price <= self.base_price <= self.max_price:
+            raise ValueError("pricing needs min_price <= base_price <= max_price")
+        return self
 
-class Instance(Strict):
-    """One SKU's inventory problem, as in the instances file of `shelfcast agent evaluate`."""
 
-    name: str = Field(min_length=1, max_length=64)
-    demand: Demand
-    lead_time: LeadTime
-    holding_cost: PositiveCost
-    shortage_cost: PositiveCost
-    order_cost: PositiveCost = 0.0
-    unit_cost: PositiveCost = 0.0
-    lost_sales: bool
-    horizon: int = Field(default=1_000, ge=1, le=100_000, description="periods per evaluation episode")
+class OrderRules(Strict):
+    """What every SKU's inventory settings share: order rules, optional pricing, and a lead time that may be
+    written as one number (`"lead_time": 2` is `{"min": 2, "max": 2}`). Subclasses declare `lead_time`."""
+
     moq: int = Field(default=0, ge=0)
     case_pack: int = Field(default=1, ge=1)
     max_order: int = Field(default=10_000, ge=1)
@@ -107,6 +105,20 @@ class Instance(Strict):
         if self.moq > self.max_order or self.case_pack > self.max_order:
             raise ValueError("moq and case_pack must not exceed max_order")
         return self
+
+
+class Instance(OrderRules):
+    """One SKU's inventory problem, as in the instances file of `shelfcast agent evaluate`."""
+
+    name: str = Field(min_length=1, max_length=64)
+    demand: Demand
+    lead_time: LeadTime
+    holding_cost: PositiveCost
+    shortage_cost: PositiveCost
+    order_cost: PositiveCost = 0.0
+    unit_cost: PositiveCost = 0.0
+    lost_sales: bool
+    horizon: int = Field(default=1_000, ge=1, le=100_000, description="periods per evaluation episode")
 
     @property
     def critical_ratio(self) -> float:

@@ -17,12 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shelfcast.contracts import SKU_PATTERN, describe_errors
 from shelfcast.errors import ShelfcastError
-from shelfcast_agent.instances import LeadTime, Pricing
+from shelfcast_agent.instances import LeadTime, OrderRules
 
 PositiveCost = Annotated[float, Field(ge=0, le=1e6)]
 
@@ -66,10 +66,8 @@ class AgentSettings(BaseSettings):
     flush_timeout_s: float = Field(default=30.0, gt=0)
 
 
-class SkuParams(BaseModel):
+class SkuParams(OrderRules):
     """One SKU's inventory parameters (the `Instance` fields the online agent needs, plus its own rules)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     lead_time: LeadTime = LeadTime(min=2, max=2)
     holding_cost: PositiveCost = 0.1
@@ -77,10 +75,6 @@ class SkuParams(BaseModel):
     order_cost: PositiveCost = 0.0
     unit_cost: PositiveCost = 1.0
     lost_sales: bool = True
-    moq: int = Field(default=0, ge=0)
-    case_pack: int = Field(default=1, ge=1)
-    max_order: int = Field(default=10_000, ge=1)
-    pricing: Pricing | None = None
     service_level: float | None = Field(
         default=None, gt=0, lt=1, description="order-up-to fractile; default the critical ratio p / (p + h)"
     )
@@ -88,22 +82,10 @@ class SkuParams(BaseModel):
     initial_on_hand: int = Field(default=0, ge=0, description="stock on hand when the agent first sees the SKU")
     default_demand: float = Field(default=0.0, ge=0, description="demand per period used with no forecast or sales")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _lead_time_may_be_a_number(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("lead_time"), int):
-            return {**data, "lead_time": {"min": data["lead_time"], "max": data["lead_time"]}}
-        return data
-
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.moq > self.max_order or self.case_pack > self.max_order:
-            raise ValueError("moq and case_pack must not exceed max_order")
+    def _has_a_fractile(self) -> Self:
         if self.holding_cost + self.shortage_cost <= 0 and self.service_level is None:
             raise ValueError("holding_cost + shortage_cost must be positive (or set service_level)")
-        p = self.pricing
-        if p is not None and not p.min_price <= p.base_price <= p.max_price:
-            raise ValueError("pricing needs min_price <= base_price <= max_price")
         return self
 
     @property
