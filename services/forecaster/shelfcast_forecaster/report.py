@@ -30,6 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
+from shelfcast.plots import plain_label, save_figure
 from shelfcast_forecaster.baselines import MODELS
 from shelfcast_forecaster.data import classify_demand
 
@@ -191,7 +192,7 @@ def _relative_html(scores: pd.DataFrame, out_dir: Path) -> str:
     for ax in fig.axes:
         ax.axvline(1.0, color="black", linewidth=1)
     fig.suptitle(f"Accuracy relative to {NAIVE} (below 1 = better)")
-    return heading + _save(fig, out_dir / "relative.png", f"RMSSE and scaled pinball relative to {NAIVE}")
+    return heading + save_figure(fig, out_dir / "relative.png", f"RMSSE and scaled pinball relative to {NAIVE}")
 
 
 def _calibration_html(scores: pd.DataFrame, out_dir: Path) -> str:
@@ -203,12 +204,12 @@ def _calibration_html(scores: pd.DataFrame, out_dir: Path) -> str:
     coverage_ax.set_xlim(0, 1.12)
     bias_ax.axvline(0.0, color="black", linewidth=1)
     fig.suptitle("Calibration: interval coverage and bias")
-    return "<h2>Calibration</h2>\n" + _save(fig, out_dir / "calibration.png", "coverage and bias per model")
+    return "<h2>Calibration</h2>\n" + save_figure(fig, out_dir / "calibration.png", "coverage and bias per model")
 
 
 def _bar_panels(frame: pd.DataFrame, titles: dict[str, str]) -> Figure:
     """One horizontal bar panel per column of ``frame`` (models as rows, first row at the bottom), values labelled."""
-    labels = [_plain(str(m), 28) for m in frame.index]
+    labels = [plain_label(str(m), 28) for m in frame.index]
     colors = [COLORS.get(str(m), DEFAULT_COLOR) for m in frame.index]
     fig = Figure(figsize=(11, 1.2 + 0.38 * len(frame)), layout="constrained", dpi=DPI)
     axes = fig.subplots(1, len(titles), sharey=True, squeeze=False)[0]
@@ -261,7 +262,7 @@ def _samples_html(result: pd.DataFrame, df: pd.DataFrame, out_dir: Path, season_
         f'<p class="note">Last cutoff {cutoff:%Y-%m-%d}; series: {names}. Black: actuals (dots in the forecast '
         f"window); orange: chosen p50 and p10&ndash;p90 band; gray dashed: {NAIVE} p50; dotted: the cutoff.</p>"
     )
-    return heading + _save(fig, out_dir / "samples.png", "sample series with forecasts") + "\n" + caption
+    return heading + save_figure(fig, out_dir / "samples.png", "sample series with forecasts") + "\n" + caption
 
 
 def _chosen_models(result: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, str]:
@@ -288,7 +289,9 @@ def _samples_figure(
         history = df[(df["unique_id"] == uid) & (df["ds"] <= cutoff)].sort_values("ds")
         _plot_series(ax, history.tail(HISTORY_SEASONS * season_length), window[window["unique_id"] == uid], cutoff)
         cls = str(classes.get(uid, "?"))
-        ax.set_title(f"{_plain(str(uid), 30)} ({cls}, chosen = {_plain(choice.get(cls, '?'), 20)})", fontsize=9)
+        ax.set_title(
+            f"{plain_label(str(uid), 30)} ({cls}, chosen = {plain_label(choice.get(cls, '?'), 20)})", fontsize=9
+        )
     for ax in axes[len(picks) :]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -356,18 +359,3 @@ def _selection_html(result: pd.DataFrame, df: pd.DataFrame) -> str:
         "window.</p>"
     )
     return heading + table.to_html(index=False, escape=True, border=0) + "\n" + note
-
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _save(fig: Figure, path: Path, alt: str) -> str:
-    """Save ``fig`` as PNG at ``path``; the <img> tag that shows it, relative to the page."""
-    fig.savefig(path, format="png")
-    return f'<img src="{html.escape(path.name)}" alt="{html.escape(alt)}">'
-
-
-def _plain(text: str, width: int) -> str:
-    """``text`` shortened to ``width`` characters, with ``$`` escaped so matplotlib does not read it as math."""
-    short = text if len(text) <= width else text[: width - 1] + "…"
-    return short.replace("$", r"\$")

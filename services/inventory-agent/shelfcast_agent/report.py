@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from shelfcast.plots import plain_label, save_figure
 from shelfcast_agent.dqn import CLASSICAL
 from shelfcast_agent.evaluate import DQN, OPTIMAL, OPTIMAL_POLICY, headline
 
@@ -133,7 +134,7 @@ def _gaps_html(table: pd.DataFrame, out_dir: Path) -> str:
     column = f"{DQN}_vs_best_classical_pct"
     if column not in table.columns and f"gap_{DQN}_pct" not in table.columns:
         return ""
-    labels = [_plain(str(i), 34) for i in table.index]
+    labels = [plain_label(str(i), 34) for i in table.index]
     fig = Figure(figsize=(11, 1.4 + 0.34 * len(table)), layout="constrained", dpi=DPI)
     left, right = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(table))
@@ -160,7 +161,7 @@ def _gaps_html(table: pd.DataFrame, out_dir: Path) -> str:
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     note = '<p class="note">Negative is better for the DQN. n/a: the DP is not computable for that instance.</p>'
-    return "<h2>Gaps per instance</h2>\n" + _save(fig, out_dir / "gaps.png", "gaps per instance") + note
+    return "<h2>Gaps per instance</h2>\n" + save_figure(fig, out_dir / "gaps.png", "gaps per instance") + note
 
 
 def _costs_html(results: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> str:
@@ -198,14 +199,14 @@ def _costs_html(results: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> st
         ax.plot(optimum.to_numpy(float), np.arange(len(table)), "|", color="black", markersize=14, label="optimum (DP)")
     ax.axvline(0.0, color="gray", linewidth=1)
     ax.set_xlim(right=COST_AXIS_MAX)
-    ax.set_yticks(np.arange(len(table)), [_plain(str(i), 34) for i in table.index])
+    ax.set_yticks(np.arange(len(table)), [plain_label(str(i), 34) for i in table.index])
     ax.invert_yaxis()
     ax.set_xlabel("mean cost per period vs the best classical policy's, % (lower is better); bars: 95% CI over seeds")
     ax.tick_params(labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside upper center", ncols=min(len(policies) + 1, 8), fontsize="small", frameon=False)
     note = f'<p class="note">Policies more than {COST_AXIS_MAX:.0f}% worse are written at the right edge.</p>'
-    return "<h2>Cost per policy</h2>\n" + _save(fig, out_dir / "costs.png", "relative cost per policy") + note
+    return "<h2>Cost per policy</h2>\n" + save_figure(fig, out_dir / "costs.png", "relative cost per policy") + note
 
 
 def _trajectory_html(trajectory: pd.DataFrame | None, instance: str | None, out_dir: Path) -> str:
@@ -237,7 +238,7 @@ def _trajectory_html(trajectory: pd.DataFrame | None, instance: str | None, out_
     costs = ", ".join(f"{html.escape(str(p))} {total[p]:.2f}" for p in policies)
     note = f'<p class="note">Same seed for both; mean net cost per period over this window: {costs}.</p>'
     heading = f"<h2>Example trajectory: {html.escape(instance or '')}</h2>\n"
-    return heading + _save(fig, out_dir / "trajectory.png", "trajectory of the DQN and capped base-stock") + note
+    return heading + save_figure(fig, out_dir / "trajectory.png", "trajectory of the DQN and capped base-stock") + note
 
 
 def _table_html(table: pd.DataFrame) -> str:
@@ -254,16 +255,6 @@ def pick_trajectory_instance(table: pd.DataFrame, names: Sequence[str]) -> str:
     if column in table.columns and table[column].notna().any():
         return str(table[column].abs().idxmax())
     return str(names[0])
-
-
-def _save(fig: Figure, path: Path, alt: str) -> str:
-    fig.savefig(path, format="png")
-    return f'<img src="{html.escape(path.name)}" alt="{html.escape(alt)}">'
-
-
-def _plain(text: str, width: int) -> str:
-    short = text if len(text) <= width else text[: width - 1] + "…"
-    return short.replace("$", r"\$")
 
 
 __all__ = ["CLASSICAL", "pick_trajectory_instance", "write_report"]
