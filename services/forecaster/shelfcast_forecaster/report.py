@@ -20,7 +20,6 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from shelfcast.plots import plain_label, save_figure
+from shelfcast.plots import html_page, plain_label, save_figure
 from shelfcast_forecaster.baselines import MODELS
 from shelfcast_forecaster.data import classify_demand
 
@@ -43,18 +42,7 @@ COLORS = {CHOSEN: "tab:orange", NAIVE: "tab:gray"}
 DEFAULT_COLOR = "tab:blue"
 DPI = 110
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; padding: 0 1em; }
-h1 { margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; font-size: 0.9em; margin: .6em 0; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
-thead th { background: #f2f2f2; } tbody th { text-align: left; }
-tr.chosen { background: #ffe7c2; font-weight: bold; }
-dl.protocol { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; }
-dl.protocol dt { font-weight: bold; } dl.protocol dd { margin: 0; }
-img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
-p.note { color: #555; font-size: 0.9em; }
-"""
+EXTRA_CSS = "tr.chosen { background: #ffe7c2; font-weight: bold; }\n"
 
 
 def write_report(
@@ -86,17 +74,8 @@ def write_report(
         _selection_html(result, df),
     ]
     path = out_dir / "index.html"
-    path.write_text(_page(title, sections), encoding="utf-8")
+    path.write_text(html_page(title, list(sections), EXTRA_CSS), encoding="utf-8")
     return path
-
-
-def _page(title: str, sections: Sequence[str]) -> str:
-    body = "\n".join(sections)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n"
-    )
 
 
 # --- 1. protocol, metrics, headline -------------------------------------------------------------------------------

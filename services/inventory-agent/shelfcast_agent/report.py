@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from shelfcast.plots import plain_label, save_figure
+from shelfcast.plots import html_page, plain_label, save_figure
 from shelfcast_agent.dqn import CLASSICAL
 from shelfcast_agent.evaluate import DQN, OPTIMAL, OPTIMAL_POLICY, headline
 
@@ -41,17 +41,7 @@ COLORS = {
     "r_Q": "tab:brown",
     OPTIMAL_POLICY: "black",
 }
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; padding: 0 1em; }
-h1 { margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: .6em 0; }
-th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
-thead th { background: #f2f2f2; } tbody th { text-align: left; }
-dl.protocol { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; }
-dl.protocol dt { font-weight: bold; } dl.protocol dd { margin: 0; }
-img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
-p.note { color: #555; font-size: 0.9em; } .pass { color: #1a7f37; } .fail { color: #c62828; }
-"""
+EXTRA_CSS = ".pass { color: #1a7f37; } .fail { color: #c62828; }\n"
 
 
 def write_report(
@@ -77,13 +67,7 @@ def write_report(
         _table_html(table),
     ]
     page = out_dir / "index.html"
-    body = "\n".join(s for s in sections if s)
-    page.write_text(
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n",
-        encoding="utf-8",
-    )
+    page.write_text(html_page(title, sections, EXTRA_CSS), encoding="utf-8")
     return page
 
 
