@@ -1,5 +1,6 @@
 """The DQN's parts: replay ring, double-DQN targets, residual actions, the period model, save/load, a tiny training."""
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -7,20 +8,10 @@ import pytest
 
 from shelfcast_agent import dqn
 from shelfcast_agent.env import InventorySim, feasible_order
-from shelfcast_agent.instances import Instance
 from shelfcast_agent.policies import RQ, SS, BaseStock, CappedBaseStock
+from tests.unit.agent_instances import make_instance
 
-
-def _instance(**overrides: object) -> Instance:
-    data: dict = {
-        "name": "toy",
-        "demand": {"dist": "poisson", "mean": 5},
-        "lead_time": 1,
-        "holding_cost": 1,
-        "shortage_cost": 9,
-        "lost_sales": False,
-    }
-    return Instance.model_validate(data | overrides)
+_instance = partial(make_instance, name="toy", lead_time=1, lost_sales=False)
 
 
 def test_replay_buffer_is_a_ring_that_overwrites_the_oldest_first() -> None:

@@ -1,21 +1,13 @@
+from functools import partial
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 from shelfcast_agent.env import MAX_LEAD, InventoryEnv, InventorySim, InventoryVectorEnv, feasible_order
-from shelfcast_agent.instances import Instance
+from tests.unit.agent_instances import make_instance
 
-
-def make(**fields) -> Instance:
-    base = {
-        "name": "x",
-        "demand": {"dist": "poisson", "mean": 5},
-        "lead_time": 1,
-        "holding_cost": 1,
-        "shortage_cost": 9,
-        "lost_sales": True,
-    }
-    return Instance.model_validate(base | fields)
+make = partial(make_instance, lead_time=1)
 
 
 PRICED = make(pricing={"base_price": 10, "elasticity": 2, "max_step": 0.05, "min_price": 6, "max_price": 15})

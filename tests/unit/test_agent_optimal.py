@@ -1,8 +1,10 @@
+from functools import partial
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from shelfcast_agent.instances import Instance, load_instances
+from shelfcast_agent.instances import load_instances
 from shelfcast_agent.optimal import OptimalPolicy, optimal_cost, order_sizes, solve
 from shelfcast_agent.policies import (
     Policy,
@@ -12,20 +14,12 @@ from shelfcast_agent.policies import (
     mean_cost,
     newsvendor_base_stock,
 )
+from tests.unit.agent_instances import make_instance
 
 SUITE = {instance.name: instance for instance in load_instances()}
 
 
-def make(**fields) -> Instance:
-    base = {
-        "name": "x",
-        "demand": {"dist": "poisson", "mean": 6},
-        "lead_time": 0,
-        "holding_cost": 1,
-        "shortage_cost": 9,
-        "lost_sales": True,
-    }
-    return Instance.model_validate(base | fields)
+make = partial(make_instance, demand={"dist": "poisson", "mean": 6})
 
 
 ONE_A_PERIOD = {"dist": "quantiles", "mean": 1, "quantiles": {"p50": 1}}  # demand is exactly 1 every period

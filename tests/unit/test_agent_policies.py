@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shelfcast_agent.env import MAX_LEAD, DemandSampler, InventorySim, State
-from shelfcast_agent.instances import Instance, load_instances
+from shelfcast_agent.instances import load_instances
 from shelfcast_agent.policies import (
     RQ,
     SS,
@@ -20,18 +20,7 @@ from shelfcast_agent.policies import (
     period_pmf,
     simulate,
 )
-
-
-def make(**fields) -> Instance:
-    base = {
-        "name": "x",
-        "demand": {"dist": "poisson", "mean": 5},
-        "lead_time": 0,
-        "holding_cost": 1,
-        "shortage_cost": 9,
-        "lost_sales": True,
-    }
-    return Instance.model_validate(base | fields)
+from tests.unit.agent_instances import make_instance
 
 
 def state_at(positions: list[float]) -> State:
@@ -42,7 +31,7 @@ def state_at(positions: list[float]) -> State:
     return State(np.array(positions) - 2.0, pipeline, np.ones(n), 0)
 
 
-SIM = InventorySim([make()])  # classical policies read only the state
+SIM = InventorySim([make_instance()])  # classical policies read only the state
 
 
 def test_base_stock_orders_up_to_the_level_per_copy() -> None:
@@ -94,22 +83,24 @@ def poisson_cdf(mean: float, k: int) -> float:
 def test_newsvendor_level_matches_a_hand_calculation() -> None:
     # Poisson(5), L = 0, fractile 9 / 10: P(D <= 7) = 0.867 < 0.9 <= P(D <= 8) = 0.932
     assert poisson_cdf(5, 7) < 0.9 <= poisson_cdf(5, 8)
-    assert newsvendor_base_stock(make()) == 8
+    assert newsvendor_base_stock(make_instance()) == 8
     # L = 1: two periods, Poisson(10): P(<= 13) = 0.864, P(<= 14) = 0.917
-    assert newsvendor_base_stock(make(lead_time=1)) == 14
+    assert newsvendor_base_stock(make_instance(lead_time=1)) == 14
     # fractile 4/5 on Poisson(5): P(<= 6) = 0.762, P(<= 7) = 0.867
-    assert newsvendor_base_stock(make(shortage_cost=4)) == 7
+    assert newsvendor_base_stock(make_instance(shortage_cost=4)) == 7
     # random lead time 0..2: the level where the mixture of Poisson(5), (10), (15) first reaches 0.9
     mixture = [sum(poisson_cdf(5 * (lead + 1), k) for lead in range(3)) / 3 for k in range(40)]
     expected = next(k for k, value in enumerate(mixture) if value >= 0.9)
-    assert newsvendor_base_stock(make(lead_time={"min": 0, "max": 2})) == expected
+    assert newsvendor_base_stock(make_instance(lead_time={"min": 0, "max": 2})) == expected
 
 
 def test_quantile_demand_pmf_is_the_simulators_law() -> None:
-    demand = make(demand={"dist": "quantiles", "mean": 5, "quantiles": {"p10": 2, "p50": 5, "p90": 9.3}}).demand
+    demand = make_instance(
+        demand={"dist": "quantiles", "mean": 5, "quantiles": {"p10": 2, "p50": 5, "p90": 9.3}}
+    ).demand
     pmf = period_pmf(demand)
     assert pmf.sum() == pytest.approx(1.0)
-    sampler = DemandSampler(make(demand=demand.model_dump()))
+    sampler = DemandSampler(make_instance(demand=demand.model_dump()))
     rng = np.random.default_rng(0)
     draws = np.array([sampler.sample(rng) for _ in range(60_000)]).astype(int)
     empirical = np.bincount(draws, minlength=len(pmf)) / len(draws)
@@ -118,7 +109,7 @@ def test_quantile_demand_pmf_is_the_simulators_law() -> None:
 
 
 def test_lead_time_demand_of_negbin_adds_dispersion() -> None:
-    instance = make(demand={"dist": "negbin", "mean": 4, "dispersion": 2}, lead_time=2)
+    instance = make_instance(demand={"dist": "negbin", "mean": 4, "dispersion": 2}, lead_time=2)
     pmf = lead_time_demand_pmf(instance)
     support = np.arange(len(pmf))
     assert support @ pmf == pytest.approx(12, rel=1e-6)
@@ -126,7 +117,7 @@ def test_lead_time_demand_of_negbin_adds_dispersion() -> None:
 
 
 def test_mean_cost_is_the_mean_after_warmup_of_the_simulators_cost() -> None:
-    instances = [make(), make(name="y", lost_sales=False, lead_time=2)]
+    instances = [make_instance(), make_instance(name="y", lost_sales=False, lead_time=2)]
     policy = BaseStock([9, 20])
     costs = mean_cost(policy, instances, seed=5, periods=300, warmup=50)
     sim = InventorySim(instances)
@@ -140,14 +131,14 @@ def test_mean_cost_is_the_mean_after_warmup_of_the_simulators_cost() -> None:
 
 
 def test_classical_policies_hold_the_price_of_priced_instances() -> None:
-    priced = make(pricing={"base_price": 10, "elasticity": 2, "min_price": 6, "max_price": 15})
+    priced = make_instance(pricing={"base_price": 10, "elasticity": 2, "min_price": 6, "max_price": 15})
     result = simulate(BaseStock(12), [priced], seed=1, periods=200)
     assert result["revenue"][0] == pytest.approx(10 * result["sales"][0])
     assert result["net_cost"][0] == pytest.approx(result["cost"][0] - result["revenue"][0])
 
 
 def test_common_random_numbers_give_identical_candidates_identical_costs() -> None:
-    costs = common_random_costs(BaseStock([10, 10, 12]), make(lead_time=1), 3, seeds=(1, 2), periods=300)
+    costs = common_random_costs(BaseStock([10, 10, 12]), make_instance(lead_time=1), 3, seeds=(1, 2), periods=300)
     assert costs[0] == costs[1]
     assert costs[0] != costs[2]
 
@@ -167,7 +158,7 @@ def test_fitted_capped_base_stock_beats_plain_base_stock_on_lost_sales() -> None
 
 
 def test_fitted_s_S_pays_the_fixed_cost_less_often_than_base_stock() -> None:
-    instance = make(
+    instance = make_instance(
         order_cost=40, lost_sales=False, lead_time=1, shortage_cost=19, demand={"dist": "poisson", "mean": 6}
     )
     fitted = fit_policies(instance, periods=1_500)
