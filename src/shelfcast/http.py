@@ -58,10 +58,15 @@ class RequestTimer:
 
 
 def service_app(title: str, description: str, lifespan, request_seconds: Histogram) -> FastAPI:
-    """A service's FastAPI app with what every service has: ``/metrics``, request latency into
-    ``request_seconds``, and `ApiError` answered as structured JSON."""
+    """A service's FastAPI app with what every service has: ``/healthz``, ``/metrics``, request latency into
+    ``request_seconds``, and `ApiError` answered as structured JSON. Each service adds its own ``/readyz``."""
     app = FastAPI(title=title, version="1", description=description, lifespan=lifespan)
     app.mount("/metrics", make_asgi_app())
+
+    @app.get("/healthz", summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     app.add_middleware(RequestTimer, histogram=request_seconds)
     app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]
     return app

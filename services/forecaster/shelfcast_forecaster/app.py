@@ -120,10 +120,6 @@ def create_app(
         )
         return JSONResponse(response.model_dump(mode="json"))
 
-    @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     @app.get("/readyz", summary="A model is loaded and Redis answers", responses={503: {}})
     def readyz(request: Request) -> JSONResponse:
         service: ForecastService = request.app.state.service

@@ -210,10 +210,6 @@ def create_app(settings: Settings | None = None, ingest: IngestSettings | None =
             EVENTS_ACCEPTED.labels(type=kind).inc(n)
         return JSONResponse(IngestResponse(accepted=len(accepted), rejected=rejected).model_dump())
 
-    @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     @app.get("/readyz", summary="The broker answers and the events topic exists", responses={503: {}})
     def readyz(request: Request) -> JSONResponse:
         try:

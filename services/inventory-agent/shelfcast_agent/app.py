@@ -88,10 +88,6 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
         body["params"] = catalog(sku).model_dump(mode="json")
         return JSONResponse(body)
 
-    @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     @app.get("/readyz", summary="Redis answers and the decision loop has its partitions", responses={503: {}})
     def readyz(request: Request) -> JSONResponse:
         try:
