@@ -110,3 +110,21 @@ def test_summary_gaps_on_a_toy() -> None:
     assert head["worst_instance"] == "y" and not head["meets_classical_bar"]
     assert gap_pct(-9.0, -10.0) == pytest.approx(10.0)  # a priced instance: less profit is a positive gap
     assert math.isnan(gap_pct(1.0, 0.0))
+
+
+def test_departures_count_the_dqn_decisions_that_differ_from_its_anchor() -> None:
+    from shelfcast_agent import dqn
+    from shelfcast_agent.evaluate import DQN, Departures, dqn_factory
+
+    instances = [_instance("fixed", horizon=200)]
+    untrained = dqn.untrained_policy(hidden=(8,))
+    shares = {}
+    for margin in (0.0, math.inf):  # greedy on random Q-values, and a band no correction can clear
+        untrained.margin = margin
+        departures = Departures()
+        evaluate(instances, {DQN: dqn_factory(untrained, departures)}, seeds=2, warmup=10, optimal=False)
+        assert departures.decisions == 2 * (10 + 200)
+        shares[margin] = departures.pct
+    assert shares[math.inf] == 0.0
+    assert shares[0.0] is not None and shares[0.0] > 0.0
+    assert Departures().pct is None

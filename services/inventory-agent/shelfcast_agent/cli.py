@@ -18,6 +18,8 @@ from shelfcast_agent.instances import DEFAULT_SUITE, Instance, InstancesError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from shelfcast_agent.dqn import TrainConfig, TrainResult
+
 app = typer.Typer(no_args_is_help=True, help="Inventory agent: DQN training, evaluation against baselines, the loop.")
 
 
@@ -47,16 +49,28 @@ def train_command(
     validate_every: Annotated[int, typer.Option(min=1, help="Periods between validations.")] = 1_000,
 ) -> None:
     """Train the residual double DQN on the instances (plus random ones around them); keep the best validation."""
-    from shelfcast_agent.dqn import TrainConfig, train
+    from shelfcast_agent.dqn import TrainConfig
 
     console = Console()
-    chosen = _instances(instances)
     config = TrainConfig(
         steps=steps,
         random_instances=random_instances,
         validate_every=min(validate_every, steps),
         learning_starts=min(TrainConfig.learning_starts, steps - 1),
     )
+    result = train_with_progress(_instances(instances), config, seed, console)
+    result.policy.save(out)
+    card = result.policy.card
+    console.print(
+        f"wrote {out}: version {card['version']}, {result.seconds:.0f} s, margin {card['margin']}, "
+        f"validation mean {card['validation']['validation_mean_gap_pct']:+.3f}% vs the anchors"
+    )
+
+
+def train_with_progress(instances: list[Instance], config: TrainConfig, seed: int, console: Console) -> TrainResult:
+    """`dqn.train` with a progress bar and a line per validation (also what `shelfcast bench agent` trains with)."""
+    from shelfcast_agent.dqn import train
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -65,7 +79,7 @@ def train_command(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("fitting the classical anchors", total=steps)
+        task = progress.add_task("fitting the classical anchors", total=config.steps)
 
         def report(step: int, record: dict[str, Any]) -> None:
             if "setup_seconds" in record:
@@ -78,13 +92,7 @@ def train_command(
                     f"{record['validation_worst_gap_pct']:+.3f}% (margin {record['margin']}), loss {record['loss']:.4f}"
                 )
 
-        result = train(chosen, config, seed=seed, progress=report)
-    result.policy.save(out)
-    card = result.policy.card
-    console.print(
-        f"wrote {out}: version {card['version']}, {result.seconds:.0f} s, margin {card['margin']}, "
-        f"validation mean {card['validation']['validation_mean_gap_pct']:+.3f}% vs the anchors"
-    )
+        return train(instances, config, seed=seed, progress=report)
 
 
 @app.command("evaluate")
@@ -100,7 +108,7 @@ def evaluate_command(
 ) -> None:
     """Per instance: mean cost per period with a 95% CI over seeds for dqn, each classical policy and the optimum."""
     from shelfcast_agent.dqn import DEFAULT_MODEL, DQNPolicy
-    from shelfcast_agent.evaluate import default_policies, evaluate, summary, to_json
+    from shelfcast_agent.evaluate import Departures, default_policies, evaluate, summary, to_json
 
     console = _wide(Console())
     chosen = _instances(instances)
@@ -110,10 +118,11 @@ def evaluate_command(
     except (ValueError, OSError) as exc:
         raise _usage_error(f"--model: {exc}") from None
     started = time.perf_counter()
+    departures = Departures()
     with console.status("evaluating") as status:
         results = evaluate(
             chosen,
-            default_policies(policy),
+            default_policies(policy, departures),
             seeds=seeds,
             periods=periods,
             warmup=warmup,
@@ -129,11 +138,13 @@ def evaluate_command(
         table,
         instances_file=str(instances),
         model={"path": str(model_dir), **model_info},
+        dqn_departures_pct=departures.pct,
         seconds=round(seconds, 1),
     )
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     _print(table, payload["summary"], console)
+    console.print(f"dqn orders other than its anchor in {departures.pct or 0:.3f}% of its decisions")
     if report_dir is not None:
         from shelfcast_agent.evaluate import classical_factory, dqn_factory, trajectory
         from shelfcast_agent.report import pick_trajectory_instance, write_report

@@ -924,7 +924,13 @@ def train(
             losses.append(float(learner.update(batch["obs"], returns, last_obs)))
         if adapted and ((step + 1) % config.validate_every == 0 or step + 1 == config.steps):
             score, margin, detail = validation.run(learner.online)
-            record = {"step": step + 1, "epsilon": epsilon, "loss": float(np.mean(losses[-200:])), **detail}
+            record = {
+                "step": step + 1,
+                "seconds": round(time.perf_counter() - started, 1),
+                "epsilon": epsilon,
+                "loss": float(np.mean(losses[-200:])),
+                **detail,
+            }
             history.append(record)
             if best is None or score < best[0]:
                 best = (score, learner.online.get_weights(), margin, record)

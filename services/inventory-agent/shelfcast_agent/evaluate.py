@@ -79,14 +79,31 @@ def classical_factory(name: str) -> PolicyFactory:
     return factory
 
 
-def dqn_factory(model: Path | Any = DEFAULT_MODEL) -> PolicyFactory:
-    """The DQN in a model directory (or a loaded `DQNPolicy`), anchored on the best classical fit per instance."""
+class Departures:
+    """How often a DQN ordered something else than its anchor would have: what its learning changed."""
+
+    def __init__(self) -> None:
+        self.decisions = 0
+        self.departed = 0
+
+    def count(self, orders: np.ndarray, anchor_orders: np.ndarray) -> None:
+        self.decisions += len(orders)
+        self.departed += int(np.count_nonzero(orders != anchor_orders))
+
+    @property
+    def pct(self) -> float | None:
+        return 100 * self.departed / self.decisions if self.decisions else None
+
+
+def dqn_factory(model: Path | Any = DEFAULT_MODEL, departures: Departures | None = None) -> PolicyFactory:
+    """The DQN in a model directory (or a loaded `DQNPolicy`), anchored on the best classical fit per instance;
+    ``departures`` counts its decisions that differ from the anchor's."""
     from shelfcast_agent.dqn import DQNPolicy
 
     policy = model if isinstance(model, DQNPolicy) else DQNPolicy.load(Path(model))
 
     def factory(instances: Sequence[Instance]) -> Policy:
-        return _Bound(policy, best_classical(instances).policy)
+        return _Bound(policy, best_classical(instances).policy, departures)
 
     return factory
 
@@ -94,18 +111,23 @@ def dqn_factory(model: Path | Any = DEFAULT_MODEL) -> PolicyFactory:
 class _Bound:
     """A DQN bound to a given anchor on whichever sim it is first asked about."""
 
-    def __init__(self, dqn: Any, anchor: Policy):
-        self.dqn, self.anchor, self.name = dqn, anchor, DQN
+    def __init__(self, dqn: Any, anchor: Policy, departures: Departures | None = None):
+        self.dqn, self.anchor, self.departures, self.name = dqn, anchor, departures, DQN
 
     def order(self, sim: InventorySim, state: State) -> np.ndarray:
         if not self.dqn.has_anchor(sim):
             self.dqn.bind(sim, self.anchor)
-        return np.asarray(self.dqn.order(sim, state))
+        orders = np.asarray(self.dqn.order(sim, state))
+        if self.departures is not None:
+            self.departures.count(orders, np.asarray(self.anchor.order(sim, state)))
+        return orders
 
 
-def default_policies(model: Path | Any | None = DEFAULT_MODEL) -> dict[str, PolicyFactory]:
+def default_policies(
+    model: Path | Any | None = DEFAULT_MODEL, departures: Departures | None = None
+) -> dict[str, PolicyFactory]:
     """``dqn`` (unless ``model`` is None) and every classical policy."""
-    policies: dict[str, PolicyFactory] = {} if model is None else {DQN: dqn_factory(model)}
+    policies: dict[str, PolicyFactory] = {} if model is None else {DQN: dqn_factory(model, departures)}
     return policies | {name: classical_factory(name) for name in CLASSICAL}
 
 
