@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shelfcast_forecaster.live_quality import ActualScore
+
 SCORING_SECONDS = Histogram(
     "shelfcast_forecaster_scoring_duration_seconds",
     "Time to score one micro-batch (history read, network, records)",
@@ -32,3 +34,26 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+ACTUALS_SCORED = Counter(
+    "shelfcast_forecaster_actuals_scored",
+    "Arrived feature windows compared with the cached forecast issued earlier for their period",
+)
+PINBALL_LOSS = Counter(
+    "shelfcast_forecaster_pinball_loss",
+    "Sum of the pinball loss of each quantile over the scored actuals (rate / rate(actuals_scored): the live mean)",
+    ["quantile"],
+)
+ACTUALS_IN_BAND = Counter("shelfcast_forecaster_actuals_in_band", "Scored actuals within their forecast's [p10, p90]")
+for _quantile in ("p10", "p50", "p90"):
+    PINBALL_LOSS.labels(quantile=_quantile)  # exposed at 0 before the first actual arrives
+
+
+def count_live_quality(scores: list[ActualScore]) -> None:
+    ACTUALS_SCORED.inc(len(scores))
+    totals: dict[str, float] = {}
+    for score in scores:
+        for name, loss in score.pinball.items():
+            totals[name] = totals.get(name, 0.0) + loss
+    for name, total in totals.items():
+        PINBALL_LOSS.labels(quantile=name).inc(total)
+    ACTUALS_IN_BAND.inc(sum(1 for s in scores if s.in_band))

@@ -22,6 +22,7 @@ from shelfcast.errors import ContractError
 from shelfcast.kafka import DeadLetterWriter, make_consumer, make_producer, produce
 from shelfcast.settings import Settings
 from shelfcast.store import FeatureStore
+from shelfcast_forecaster.live_quality import parse_cached, score_windows
 from shelfcast_forecaster.monitoring import (
     BATCH_SIZE,
     FORECASTS,
@@ -31,6 +32,7 @@ from shelfcast_forecaster.monitoring import (
     MODEL_VERSION,
     SCORING_SECONDS,
     WINDOWS_CONSUMED,
+    count_live_quality,
 )
 from shelfcast_forecaster.registry import ModelRegistry
 from shelfcast_forecaster.scoring import GRANULARITY_FREQ, Scorer, read_demand
@@ -95,6 +97,11 @@ class ForecastService:
     def cached(self, skus: list[str]) -> list[bytes | None]:
         return self.redis.mget([cache_key(s) for s in skus])  # type: ignore[return-value]
 
+    def cached_forecasts(self, skus: list[str]) -> dict[str, Forecast]:
+        """The cached forecasts of those SKUs that have one (parsed without re-validation)."""
+        parsed = (parse_cached(raw) for raw in self.cached(skus))
+        return {sku: f for sku, f in zip(skus, parsed, strict=True) if f is not None}
+
     def score(self, skus: Iterable[str], source: str) -> dict[str, Forecast]:
         """Fresh forecasts of the SKUs that have history (others are left out), cached in Redis."""
         scorer = self.scorer
@@ -135,8 +142,8 @@ class ScoringLoop:
         self.consumer.subscribe([self.settings.topics.features])
         try:
             while not stop.is_set():
-                skus, messages = self._collect(stop)
-                if skus and not self._publish_until_done(skus, stop):
+                windows, messages = self._collect(stop)
+                if windows and not self._publish_until_done(windows, stop):
                     break  # stopped before the batch was published: leave its offsets uncommitted
                 if messages:
                     self.consumer.commit(asynchronous=False)
@@ -144,24 +151,27 @@ class ScoringLoop:
             self.producer.flush(10)
             self.consumer.close()
 
-    def _collect(self, stop: threading.Event) -> tuple[list[str], int]:
-        """SKUs updated at the model's granularity, collected for up to ``linger_ms`` after the first record."""
-        skus: dict[str, None] = {}
+    def _collect(self, stop: threading.Event) -> tuple[list[FeatureWindow], int]:
+        """Windows at the model's granularity (the newest update of each), collected for up to ``linger_ms`` after
+        the first record, until ``max_batch`` SKUs have one."""
+        windows: dict[tuple[str, int], FeatureWindow] = {}
+        skus: set[str] = set()
         seen, deadline = 0, None
         while not stop.is_set() and len(skus) < self.config.max_batch:
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             batch = self.consumer.consume(num_messages=self.config.max_batch, timeout=timeout)
             for msg in batch:
-                if (sku := self._sku_of(msg)) is not None:
-                    skus[sku] = None
+                if (window := self._window_of(msg)) is not None:
+                    windows[window.sku, window.window_start] = window
+                    skus.add(window.sku)
             seen += len(batch)
             if seen and deadline is None:
                 deadline = time.monotonic() + self.config.linger_ms / 1000
             if deadline is None or time.monotonic() >= deadline:
                 break
-        return list(skus), seen
+        return list(windows.values()), seen
 
-    def _sku_of(self, msg: Message) -> str | None:
+    def _window_of(self, msg: Message) -> FeatureWindow | None:
         if (error := msg.error()) is not None:
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
@@ -176,13 +186,19 @@ class ScoringLoop:
             WINDOWS_CONSUMED.labels(outcome="other_granularity").inc()
             return None
         WINDOWS_CONSUMED.labels(outcome="scored").inc()
-        return window.sku
+        return window
 
-    def _publish_until_done(self, skus: list[str], stop: threading.Event) -> bool:
-        """Score and publish, retrying failures until it succeeds (True) or ``stop`` is set (False)."""
+    def _publish_until_done(self, windows: list[FeatureWindow], stop: threading.Event) -> bool:
+        """Score and publish the windows' SKUs, retrying failures until it succeeds (True) or ``stop`` is set
+        (False). The windows' actuals are scored against the forecasts cached before this batch replaces them,
+        counted once the batch is published (a batch replayed after a crash before its commit counts again)."""
+        skus = list(dict.fromkeys(w.sku for w in windows))
+        earlier: dict[str, Forecast] | None = None
         delay = 0.5
         while True:
             try:
+                if earlier is None:  # read once: a retry would find this batch's own forecasts cached
+                    earlier = self.service.cached_forecasts(skus)
                 forecasts = self.service.score(skus, source="stream")
                 for forecast in forecasts.values():
                     produce(self.producer, self.settings.topics.forecasts, forecast)
@@ -190,6 +206,7 @@ class ScoringLoop:
                     raise RuntimeError("forecasts not acknowledged by the broker within 30 s")
                 self.published += len(forecasts)
                 LAST_FORECAST_TIMESTAMP.set(time.time())
+                count_live_quality(score_windows(windows, earlier))
                 return True
             except (redis.RedisError, RuntimeError) as exc:  # NoModel too: wait until a model is trained
                 if stop.is_set():
