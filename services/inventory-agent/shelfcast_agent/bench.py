@@ -11,6 +11,10 @@ already exists, so the sections can come from separate runs):
   about half order here). Rounds keep one period per SKU in a batch: from a backlog of several periods the loop
   rightly decides only the newest one a batch holds. Then ``--latency-samples`` single forecasts, one at a time,
   with the loop idle: from producing the forecast to its reorder acknowledged by the broker, p50/p99.
+- ``training``: `training_to_quality`. The DQN trained as `shelfcast agent train` trains it (``--train-steps``
+  periods on the default suite plus random instances), then evaluated on the suite as `shelfcast agent evaluate`
+  does (10 seeds): wall time in all, up to the validation whose weights were kept, and the quality reached there
+  (the issue's bar, and how often the DQN ordered other than its classical anchor). Peak RSS is the process's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import threading
@@ -221,6 +226,37 @@ def online_decisions_per_second(
     }
 
 
+def training_to_quality(steps: int, seed: int, eval_seeds: int, console: Console) -> dict[str, Any]:
+    """The ``training`` section (module docstring)."""
+    from shelfcast_agent.cli import train_with_progress
+    from shelfcast_agent.dqn import TrainConfig
+    from shelfcast_agent.evaluate import Departures, default_policies, evaluate, headline, summary
+    from shelfcast_agent.instances import DEFAULT_SUITE, load_instances
+
+    suite = load_instances(DEFAULT_SUITE)
+    config = TrainConfig(steps=steps, validate_every=min(TrainConfig.validate_every, steps))
+    result = train_with_progress(suite, config, seed, console)
+    kept = result.policy.card["validation"]
+    started = time.perf_counter()
+    departures = Departures()
+    with console.status(f"evaluating the trained DQN on {len(suite)} instances x {eval_seeds} seeds"):
+        table = summary(evaluate(suite, default_policies(result.policy, departures), seeds=eval_seeds))
+    return {
+        "steps": steps,
+        "random_instances": config.random_instances,
+        "seed": seed,
+        "train_seconds": round(result.seconds, 1),
+        "seconds_to_kept_weights": kept.get("seconds"),
+        "kept_weights_at_step": kept["step"],
+        "validation_mean_gap_vs_anchor_pct": kept["validation_mean_gap_pct"],
+        "margin": kept["margin"],
+        "evaluation": headline(table),
+        "dqn_departures_pct": departures.pct,
+        "evaluate_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
@@ -247,22 +283,40 @@ def bench_agent(
     max_batch: Annotated[int, typer.Option(min=1, help="Records per state transaction.")] = 2_000,
     latency_samples: Annotated[int, typer.Option(min=0, help="Single forecasts timed end to end.")] = 50,
     model_dir: Annotated[Path | None, typer.Option(help="Decide with this trained DQN.")] = None,
+    online: Annotated[bool, typer.Option(help="Measure the online loop.")] = True,
+    train_steps: Annotated[int, typer.Option(min=0, help="Train the DQN this long and evaluate it (0: skip).")] = 8_000,
+    train_seed: Annotated[int, typer.Option()] = 0,
+    eval_seeds: Annotated[int, typer.Option(min=2, help="Evaluation seeds for the trained DQN.")] = 10,
 ) -> None:
-    """Online decisions/s of the agent's decision loop on a real broker and Redis, and single-decision latency."""
+    """Online decisions/s of the agent's decision loop on a real broker and Redis, single-decision latency, and the
+    DQN's training wall time to the quality it reaches on the default suite."""
     policy = load_policy(AgentSettings(model_dir=model_dir)) if model_dir is not None else None
     if model_dir is not None and policy is None:
         raise typer.BadParameter(f"no DQN could be loaded from {model_dir}", param_hint="--model-dir")
+    console = Console()
+    sections: dict[str, Any] = {}
+    if train_steps >= 2:  # first, so that its peak RSS is its own
+        sections["training"] = training_to_quality(train_steps, train_seed, eval_seeds, console)
+        write_sections(json_out, sections)
+    if online:
+        sections["online"] = _online_section(skus, periods, events, max_batch, latency_samples, policy)
+    result = write_sections(json_out, sections)
+    console.print_json(data=result)
+
+
+def _online_section(
+    skus: int, periods: int, events: int, max_batch: int, latency_samples: int, policy: OrderPolicy | None
+) -> dict[str, Any]:
+    """`online_decisions_per_second` on an embedded broker and Redis of its own."""
     with tempfile.TemporaryDirectory(prefix="shelfcast-bench-agent-") as tmp:
         root = Path(tmp)
         broker, redis_server = start_kafka(free_port(), root), start_redis(free_port(), root)
         try:
             settings = Settings(kafka_bootstrap=broker.address, redis_url=redis_server.address, state_dir=root)
-            online = online_decisions_per_second(settings, skus, periods, events, max_batch, latency_samples, policy)
+            return online_decisions_per_second(settings, skus, periods, events, max_batch, latency_samples, policy)
         finally:
             broker.stop()
             redis_server.stop()
-    result = write_sections(json_out, {"online": online})
-    Console().print_json(data=result)
 
 
 if __name__ == "__main__":
