@@ -563,3 +563,45 @@ def test_the_budget_per_period_cuts_orders_across_skus(run_settings: Settings, t
     assert "cut from 15 to 10 by the period budget (10.00 left, 1 per unit)" in cut.reason
     spent = connect_redis(run_settings.redis_url).get(Keys(config.keyspace).budget(D0))
     assert float(spent) == 40.0  # type: ignore[arg-type]
+
+
+def test_purchase_kpis_inventory_totals_and_emitted_records_are_counted(run_settings: Settings, tmp_path: Path) -> None:
+    run = uid()
+    a, p = f"A-{run}", f"P-{run}"
+    skus: dict[str, dict] = {
+        a: {"initial_on_hand": 10, "unit_cost": 2.5},
+        p: {"initial_on_hand": 100, "pricing": PRICING},
+    }
+    config = agent_config(tmp_path, skus, forecast_max_age_s=86_400)
+    topics = run_settings.topics
+    names = ("units_demanded_total", "units_filled_total", "stockouts_total")
+    before = [metric_value(f"shelfcast_agent_{n}", {}) for n in names]
+    emitted = {t: metric_value("shelfcast_agent_emitted_total", {"topic": t}) for t in ("reorders", "prices")}
+    with TestClient(create_app(run_settings, config)) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the agent to be ready")
+        sales = [purchase(a, 3), purchase(a, 9), purchase(a, 1, "return"), purchase(a, 2, "view")]
+        send(run_settings, [(topics.events, e) for e in sales])
+        wait_for(lambda: (s := state_of(run_settings, a)) is not None and s.on_hand == -1, what="purchases applied")
+        # 3 of 3 filled; 7 of 9 (a stockout); the return and the view are no demand
+        assert [metric_value(f"shelfcast_agent_{n}", {}) - b for n, b in zip(names, before, strict=True)] == [12, 10, 1]
+
+        send(run_settings, [(topics.forecasts, forecast(s, D0)) for s in (a, p)])
+        order = next(r for r in reorders_on(run_settings) if r.sku == a)
+        wait_for(
+            lambda: metric(client, "shelfcast_agent_emitted_total", 'topic="prices"') == emitted["prices"] + 1,
+            what="the price change counted on its ack",
+        )
+        assert metric(client, "shelfcast_agent_emitted_total", 'topic="reorders"') == emitted["reorders"] + 1
+
+        redis_client = connect_redis(run_settings.redis_url)
+        totals_key = Keys(config.keyspace).totals
+        stored = {k.decode(): float(v) for k, v in redis_client.hgetall(totals_key).items()}  # type: ignore[union-attr]
+        # A is backordered (-1 on hand counts as 0) with its order on the way; P's 100 at the default unit cost 1.0
+        assert stored == pytest.approx({"on_hand": 100, "pipeline": order.qty, "value": 100})
+        assert metric(client, "shelfcast_agent_inventory_units", 'kind="pipeline"') == order.qty
+        assert metric_value("shelfcast_agent_inventory_value", {}) == pytest.approx(100)
+
+        redis_client.delete(totals_key)
+        AgentLoop(redis_client, run_settings, config)._rebuild_totals()
+        rebuilt = {k.decode(): float(v) for k, v in redis_client.hgetall(totals_key).items()}  # type: ignore[union-attr]
+        assert rebuilt == pytest.approx(stored)

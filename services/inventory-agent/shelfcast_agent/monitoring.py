@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shelfcast_agent.state import PurchaseFlow, StockTotals
+
 DECISIONS = Counter(
     "shelfcast_agent_decisions",
     "Decisions made, by policy and kind (reorder: an order; hold: no order this period; price: a price change)",
@@ -46,3 +48,38 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+UNITS_DEMANDED = Counter("shelfcast_agent_units_demanded", "Units of purchase demand applied to the inventory state")
+UNITS_FILLED = Counter(
+    "shelfcast_agent_units_filled",
+    "Units of purchase demand served from stock on hand (fill rate: rate(filled) / rate(demanded))",
+)
+STOCKOUTS = Counter("shelfcast_agent_stockouts", "Purchases that found less on hand than they asked for")
+INVENTORY_UNITS = Gauge(
+    "shelfcast_agent_inventory_units",
+    "Units summed over SKUs after the newest applied batch: on_hand (backorders count as 0) or pipeline (on order)",
+    ["kind"],
+)
+INVENTORY_VALUE = Gauge(
+    "shelfcast_agent_inventory_value",
+    "Unit cost x units on hand, summed over SKUs (unit_cost from the SKU parameters; their default is 1.0)",
+)
+EMITTED = Counter(
+    "shelfcast_agent_emitted",
+    "Decision records acknowledged by the broker, by topic (reorders, prices); re-sent ones count again",
+    ["topic"],
+)
+EMITTED_TOPIC = {"reorder": "reorders", "price": "prices"}
+for _topic in EMITTED_TOPIC.values():
+    EMITTED.labels(topic=_topic)  # exposed at 0 before the first decision
+
+
+def count_purchases(flow: PurchaseFlow) -> None:
+    UNITS_DEMANDED.inc(flow.demanded)
+    UNITS_FILLED.inc(flow.filled)
+    STOCKOUTS.inc(flow.stockouts)
+
+
+def show_totals(totals: StockTotals) -> None:
+    INVENTORY_UNITS.labels(kind="on_hand").set(totals.on_hand)
+    INVENTORY_UNITS.labels(kind="pipeline").set(totals.pipeline)
+    INVENTORY_VALUE.set(totals.value)

@@ -33,6 +33,14 @@ No duplicate decision_id on the decision topics
     decision pending longer than `pending_recover_after_s`. Consumers of the topics keep `decision_id` as the
     idempotency key for these cases. Dead letters are at-least-once (acknowledged before the offsets that skip them
     are stored; a crash in between sends one again).
+
+Purchase counters and inventory totals
+    `shelfcast_agent_units_demanded`, `_units_filled` and `_stockouts` are counted after the EXEC that applied the
+    purchases succeeded, from that transaction's own computation (a recomputed transaction counts only its last
+    run). A replayed batch is dropped by the stored offsets, so a purchase counts once, except that a process
+    killed between the EXEC and the count loses it (with the rest of its counters; `rate()` sees a reset). The
+    inventory totals live in Redis (`{ks}:totals`), changed in the same MULTI/EXEC by the batch's difference, so
+    they are exact across restarts and shared by agents on one keyspace; each start rebuilds them from the states.
 """
 
 from __future__ import annotations
@@ -80,12 +88,16 @@ from shelfcast_agent.monitoring import (
     CONFLICTS,
     DECISION_SECONDS,
     DECISIONS,
+    EMITTED,
+    EMITTED_TOPIC,
     FALLBACKS,
     LAST_DECISION_TIMESTAMP,
     ORDER_UNITS,
     RECORDS,
     RECOVERED,
     STATE_SKUS,
+    count_purchases,
+    show_totals,
 )
 from shelfcast_agent.settings import AgentSettings, SkuCatalog, SkuParams
 from shelfcast_agent.state import (
@@ -94,6 +106,8 @@ from shelfcast_agent.state import (
     Keys,
     LastDecision,
     Outstanding,
+    PurchaseFlow,
+    StockTotals,
     describe_forecast,
     inventory_key,
 )
@@ -175,6 +189,7 @@ class AgentLoop:
         self._stop = stop
         self.consumer.subscribe(list(self.sources), on_assign=self._on_assign)
         try:
+            self._retrying(self._rebuild_totals)
             self._retrying(self._recover_pending)
             while not stop.is_set():
                 records = [m for m in self._next_batch() if self._usable(m)]
@@ -333,6 +348,8 @@ class AgentLoop:
                 states[sku] = (
                     InventoryState.model_validate_json(raw) if raw else InventoryState.new(sku, self.catalog(sku))
                 )
+            before = {sku: self._stock(states[sku]) for sku, raw in raw_states.items() if raw}
+            flow = PurchaseFlow()
             touched: set[str] = set()
             new_ids: set[str] = set()
             triggers: dict[str, Trigger] = {}
@@ -373,9 +390,12 @@ class AgentLoop:
                     counts[source, "duplicate"] += 1
                     continue
                 if isinstance(record, Event):
+                    on_hand_before = state.on_hand
                     if not state.apply_event(record, self.config.returns_restock):
                         counts[source, "ignored"] += 1
                         continue
+                    if record.type == "purchase":
+                        flow.add(on_hand_before, record.qty)
                     counts[source, record.type] += 1
                 else:
                     counts[source, f"receipt_{state.apply_receipt(cast(Receipt, record))}"] += 1
@@ -419,12 +439,40 @@ class AgentLoop:
                 tx.mset({self.keys.offset(t, p): o for (t, p), o in outcome.offsets.items()})
             if clock_period > int(clock.get("period_ms", 0)):
                 tx.hset(self.keys.clock, mapping={"period_ms": clock_period, "freq": clock_freq, "advanced_at_ms": now})
-            tx.execute()
+            change = sum((self._stock(states[s]) - before.get(s, StockTotals()) for s in touched), StockTotals())
+            if touched:  # last in the transaction: their answers are the new totals
+                for name, delta in change.fields().items():
+                    tx.hincrbyfloat(self.keys.totals, name, delta)
+            answers = tx.execute()
         for (source, label), n in counts.items():
             RECORDS.labels(source=source, outcome=label).inc(n)
+        count_purchases(flow)
+        if touched:
+            show_totals(StockTotals(*(float(a) for a in answers[-3:])))
         self._count(decided, triggers, states)
         outcome.decisions = decided
         return outcome
+
+    def _stock(self, state: InventoryState) -> StockTotals:
+        return StockTotals.of_state(state, self.catalog(state.sku).unit_cost)
+
+    def _rebuild_totals(self, chunk: int = 1_000) -> None:
+        """`{ks}:totals` from every SKU's state; a batch that changes them meanwhile (WATCH) makes it start over."""
+        with self.redis.pipeline(transaction=True) as tx:
+            tx.watch(self.keys.totals)
+            skus = [s.decode() for s in cast(list[bytes], self.redis.zrange(self.keys.skus, 0, -1))]
+            totals = StockTotals()
+            for i in range(0, len(skus), chunk):
+                part = skus[i : i + chunk]
+                raw = cast(list[bytes | None], self.redis.mget([inventory_key(s) for s in part]))
+                for sku, value in zip(part, raw, strict=True):
+                    if value is not None:
+                        totals = totals + StockTotals.of_json(value, self.catalog(sku).unit_cost)
+            tx.multi()
+            tx.delete(self.keys.totals)
+            tx.hset(self.keys.totals, mapping=totals.fields())
+            tx.execute()
+        show_totals(totals)
 
     # ------------------------------------------------------------------------------------------------ deciding
     def _decide(
@@ -671,6 +719,7 @@ class AgentLoop:
         ack_time = time.monotonic()
         for item in acked:
             DECISION_SECONDS.observe(ack_time - item.consumed_at)
+            EMITTED.labels(topic=EMITTED_TOPIC[item.record.kind]).inc()
         if acked:
             self.decisions_sent += len(acked)
             LAST_DECISION_TIMESTAMP.set(time.time())

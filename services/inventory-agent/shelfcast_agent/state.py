@@ -10,6 +10,7 @@
 | `{ks}:budget:{period_start_ms}` | string (float) | unit_cost x qty ordered in that period, all SKUs |
 | `{ks}:skus` | sorted set | every SKU with state, scored by the start of its last decision period (0: none yet) |
 | `{ks}:clock` | hash | the newest decision period seen on the forecasts (`period_ms`, `freq`, `advanced_at_ms`) |
+| `{ks}:totals` | hash | `on_hand`, `pipeline`, `value` summed over the SKUs (`StockTotals`), rebuilt at start-up |
 
 `{ks}` is `SHELFCAST_AGENT_KEYSPACE` (default `sc:agent`).
 
@@ -21,9 +22,11 @@ oldest outstanding orders first; units beyond what was outstanding are still put
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from shelfcast.contracts import Event, Forecast, Receipt
@@ -45,6 +48,7 @@ class Keys:
         self.pending = f"{keyspace}:pending"
         self.skus = f"{keyspace}:skus"
         self.clock = f"{keyspace}:clock"
+        self.totals = f"{keyspace}:totals"
 
     def offset(self, topic: str, partition: int) -> str:
         return f"{self.ks}:offset:{topic}:{partition}"
@@ -217,3 +221,57 @@ class DecisionRecord(_Model):
     sku: str
     value: str = Field(description="the record's JSON as it goes on the topic")
     recorded_at: int
+
+
+def filled_units(on_hand: float, qty: float) -> float:
+    """Units of a purchase of ``qty`` served from ``on_hand`` (the rest is lost or backordered)."""
+    return min(qty, max(on_hand, 0.0))
+
+
+@dataclass
+class PurchaseFlow:
+    """Purchase demand applied in one transaction: units asked for, units served from stock, stockouts."""
+
+    demanded: float = 0.0
+    filled: float = 0.0
+    stockouts: int = 0
+
+    def add(self, on_hand_before: float, qty: float) -> None:
+        filled = filled_units(on_hand_before, qty)
+        self.demanded += qty
+        self.filled += filled
+        if filled < qty:
+            self.stockouts += 1
+
+
+@dataclass
+class StockTotals:
+    """Units on hand (backorders, a negative on hand, count as none), on order, and on-hand value at unit cost."""
+
+    on_hand: float = 0.0
+    pipeline: float = 0.0
+    value: float = 0.0
+
+    @classmethod
+    def of(cls, on_hand: float, pipeline: float, unit_cost: float) -> StockTotals:
+        physical = max(on_hand, 0.0)
+        return cls(physical, pipeline, physical * unit_cost)
+
+    @classmethod
+    def of_state(cls, state: InventoryState, unit_cost: float) -> StockTotals:
+        return cls.of(state.on_hand, state.on_order, unit_cost)
+
+    @classmethod
+    def of_json(cls, raw: bytes, unit_cost: float) -> StockTotals:
+        """From a stored `InventoryState` without validating it (the start-up rebuild reads every SKU)."""
+        doc: dict[str, Any] = orjson.loads(raw)
+        return cls.of(float(doc.get("on_hand", 0.0)), sum(float(o["qty"]) for o in doc.get("pipeline", [])), unit_cost)
+
+    def __add__(self, other: StockTotals) -> StockTotals:
+        return StockTotals(self.on_hand + other.on_hand, self.pipeline + other.pipeline, self.value + other.value)
+
+    def __sub__(self, other: StockTotals) -> StockTotals:
+        return StockTotals(self.on_hand - other.on_hand, self.pipeline - other.pipeline, self.value - other.value)
+
+    def fields(self) -> dict[str, float]:
+        return {"on_hand": self.on_hand, "pipeline": self.pipeline, "value": self.value}
