@@ -111,7 +111,7 @@ def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = 
     windows = table_env.to_changelog_stream(table_env.sql_query(sql.windows_query(job)))
     (
         windows.filter(lambda row: row.get_row_kind() != RowKind.UPDATE_BEFORE)
-        .map(WindowWriter(settings, job.redis_depth, job.redis_ttl_s), output_type=Types.LONG())
+        .map(WindowWriter(settings, job.redis_depth, job.redis_ttl_s, job.metrics_port), output_type=Types.LONG())
         .name("redis-and-features-topic")
         .sink_to(_discard())  # the writer did the work; Flink runs only what ends in a sink
     )

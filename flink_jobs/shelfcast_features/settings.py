@@ -35,6 +35,9 @@ class FeatureJobSettings(BaseSettings):
     redis_depth: int = Field(default=2_000, ge=1, description="windows kept per SKU and granularity")
     redis_ttl_s: int = Field(default=14 * 86_400, ge=60)
     group_id: str = "shelfcast-features"
+    metrics_port: int = Field(
+        default=9250, ge=0, le=65535, description="the writer's /metrics (next free of 15 after it if taken); 0: off"
+    )
 
     @field_validator("granularities")
     @classmethod

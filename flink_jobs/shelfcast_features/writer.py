@@ -14,6 +14,7 @@ from shelfcast.contracts import FeatureWindow
 from shelfcast.kafka import make_producer, produce
 from shelfcast.settings import Settings
 from shelfcast.store import FeatureStore, connect_redis
+from shelfcast_features.monitoring import count_written, serve_metrics
 
 FLUSH_EVERY_S = 0.2
 
@@ -40,19 +41,22 @@ def to_window(row: Row) -> FeatureWindow:
 
 
 class WindowWriter(MapFunction):
-    def __init__(self, settings: Settings, depth: int, ttl_seconds: int) -> None:
+    def __init__(self, settings: Settings, depth: int, ttl_seconds: int, metrics_port: int = 0) -> None:
         self._settings = settings
         self._depth = depth
         self._ttl_seconds = ttl_seconds
+        self._metrics_port = metrics_port
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._store = FeatureStore(connect_redis(self._settings.redis_url), self._depth, self._ttl_seconds)
         self._producer = make_producer(self._settings)
         self._flushed_at = time.monotonic()
+        serve_metrics(self._metrics_port)
 
     def map(self, value: Row) -> Any:
         window = to_window(value)
         self._store.write([window])
+        count_written(window, time.time())
         produce(self._producer, self._settings.topics.features, window)
         self._producer.poll(0)
         if time.monotonic() - self._flushed_at > FLUSH_EVERY_S:
