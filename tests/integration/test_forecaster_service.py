@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from shelfcast.contracts import DeadLetter, FeatureWindow, Forecast
 from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import FeatureStore, connect_redis
 from shelfcast_forecaster.app import create_app
+from shelfcast_forecaster.live_quality import score_windows
 from shelfcast_forecaster.registry import SAVED_MODEL, ModelRegistry
 from shelfcast_forecaster.scoring import MIN_HISTORY
 from shelfcast_forecaster.service import ForecastService, ScoringLoop, cache_key
@@ -233,3 +235,43 @@ def test_training_from_the_feature_store(run_settings: Settings, tmp_path: Path)
     assert set(rows["avg_price"]) == {4.0}  # carried over the days without a window
     assert rows["ds"].iloc[0] == pd.Timestamp("2026-03-03")
     assert rows["ds"].iloc[-1] == history["ds"].max()
+
+
+def test_scoring_loop_scores_arriving_actuals_against_the_cached_forecast(
+    run_settings: Settings, config: ForecasterSettings
+) -> None:
+    skus = [f"Q{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    seed_store(run_settings, {sku: daily_demand(i, 30) for i, sku in enumerate(skus)})
+    service = ForecastService(connect_redis(run_settings.redis_url), config)
+    assert service.reload_if_changed()
+    earlier = service.score(skus, source="request")  # cached: what the next day's actuals are scored against
+    unforecast = f"Q-new-{uuid.uuid4().hex[:6]}"
+    actuals = [windows(sku, [4], first_day=30)[0] for sku in [*skus, unforecast]]
+    FeatureStore(connect_redis(run_settings.redis_url)).write(actuals)
+    expected = score_windows(actuals, earlier)
+    assert expected and len(expected) <= len(skus)  # SKUs whose newest day sold nothing have forecasts starting later
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(f"shelfcast_forecaster_{name}_total", labels) or 0.0
+
+    before = (sample("actuals_scored"), sample("pinball_loss", quantile="p50"), sample("actuals_in_band"))
+    producer = make_producer(run_settings)
+    for window in actuals:
+        produce(producer, run_settings.topics.features, window)
+    producer.flush(10)
+    loop = ScoringLoop(service, run_settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        out = make_consumer(run_settings, f"it-{uuid.uuid4().hex[:6]}")
+        out.subscribe([run_settings.topics.forecasts])
+        assert len(consume(out, len(actuals))) == len(actuals)
+        out.close()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert sample("actuals_scored") - before[0] == len(expected)
+    p50 = sum(s.pinball["p50"] for s in expected)
+    assert sample("pinball_loss", quantile="p50") - before[1] == pytest.approx(p50)
+    assert sample("actuals_in_band") - before[2] == sum(1 for s in expected if s.in_band)
