@@ -2,10 +2,11 @@
 
 Built so far and run here: the embedded broker and Redis, the ingest service (a real `shelfcast ingest
 serve` process), the PyFlink features job, the forecaster (trained first on `HISTORY_DAYS` of simulated sales
-before the demo period, then serving and scoring the stream of daily windows), and the storefront simulator
-sending to ingest over HTTP; poison records written straight to Kafka must come out on the dead-letter topic.
-The demo starts every service as its own process through the `shelfcast` command, so the core imports no service.
-Not built yet, and so not run: the inventory agent and the HTML report.
+before the demo period, then serving and scoring the stream of daily windows), the inventory agent (capped
+base-stock on the forecasts, reorders and price changes on Kafka), and the storefront simulator sending to ingest
+over HTTP; poison records written straight to Kafka must come out on the dead-letter topic. The demo starts every
+service as its own process through the `shelfcast` command, so the core imports no service.
+Not built yet, and so not run: receipts (no ERP simulator: ordered stock never arrives) and the HTML report.
 """
 
 import datetime
@@ -17,27 +18,29 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shelfcast.contracts import DeadLetter, Forecast
+from shelfcast.contracts import DeadLetter, Forecast, PriceChange, Reorder
 from shelfcast.errors import ShelfcastError
 from shelfcast.infra import Infra, ManagedProcess, free_port, start_service
 from shelfcast.kafka import make_consumer, make_producer
 from shelfcast.settings import Settings
 from shelfcast.store import connect_redis, feature_key
 
-NOT_BUILT = ["inventory agent", "HTML report"]
+NOT_BUILT = ["receipts (ERP simulator)", "HTML report"]
 HISTORY_DAYS = 90
 DEMO_INPUTS = ("views", "clicks", "carts")  # feature-window fields the forecaster reads beside demand
 DEMO_START = datetime.date(2026, 1, 1)
 POISON = [b"{not json", b'{"event_id": "x", "type": "teleport"}', b"\xff\xfe"]
 REPORT_DIR = Path("reports/demo")
 GRANULARITIES = ("1m", "1h", "1d")
+T = TypeVar("T")
 
 
 def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict:
@@ -53,23 +56,27 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
     logs = demo_settings.state_dir / "logs"
     services: list[ManagedProcess] = []
     try:
-        console.print("[bold]1/7[/] bringing up Kafka and Redis")
+        console.print("[bold]1/8[/] bringing up Kafka and Redis")
         infra.up()
         env["SHELFCAST_FORECASTER_REGISTRY"] = str(demo_settings.state_dir / "models")
-        console.print(f"[bold]2/7[/] training the forecaster on {HISTORY_DAYS} simulated days before the demo")
+        console.print(f"[bold]2/8[/] training the forecaster on {HISTORY_DAYS} simulated days before the demo")
         summary: dict = {"model": _train_forecaster(demo_settings.state_dir, skus, env)}
-        console.print("[bold]3/7[/] starting the ingest service")
+        console.print("[bold]3/8[/] starting the ingest service")
         url = f"http://127.0.0.1:{free_port()}"
         args = ["ingest", "serve", "--port", url.rsplit(":", 1)[1]]
         services.append(start_service("ingest", args, env, f"{url}/readyz", logs / "ingest.log"))
-        console.print("[bold]4/7[/] starting the forecaster (HTTP API and stream scoring)")
+        console.print("[bold]4/8[/] starting the forecaster (HTTP API and stream scoring)")
         forecaster_url = f"http://127.0.0.1:{free_port()}"
         args = ["forecaster", "serve", "--port", forecaster_url.rsplit(":", 1)[1]]
         services.append(start_service("forecaster", args, env, f"{forecaster_url}/readyz", logs / "forecaster.log"))
-        console.print("[bold]5/7[/] starting the features job (PyFlink)")
+        console.print("[bold]5/8[/] starting the inventory agent (capped base-stock on the forecasts)")
+        agent_url = f"http://127.0.0.1:{free_port()}"
+        args = ["agent", "run", "--port", agent_url.rsplit(":", 1)[1]]
+        services.append(start_service("agent", args, env, f"{agent_url}/readyz", logs / "agent.log"))
+        console.print("[bold]6/8[/] starting the features job (PyFlink)")
         job = start_service("features", ["features", "run", "--fresh"], env, None, logs / "features.log")
         services.append(job)
-        console.print(f"[bold]6/7[/] simulating {skus} SKUs over {days} days into {url}")
+        console.print(f"[bold]7/8[/] simulating {skus} SKUs over {days} days into {url}")
         started = time.perf_counter()
         live = ["--skus", str(skus), "--days", str(days), "--start", str(DEMO_START), "--target", "http"]
         _shelfcast(["simulate", "storefront", *live, "--url", url, "--api-key", api_key], env)
@@ -77,7 +84,13 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
         _write_poison(demo_settings)
         summary["windows_in_redis"] = _wait_for_windows(demo_settings, skus, job, console)
         summary["dead_letters"] = _dead_letters(demo_settings)
-        summary["forecasts"] = _forecasts(demo_settings)
+        forecasts = _read_topic(demo_settings, demo_settings.topics.forecasts, Forecast.from_bytes)
+        summary["forecasts"] = {
+            "published": len(forecasts),
+            "skus": len({f.sku for f in forecasts}),
+            "fallback": sum(f.fallback for f in forecasts),
+        }
+        summary["decisions"] = _decisions(demo_settings, {f.sku for f in forecasts})
     except subprocess.CalledProcessError as exc:
         raise ShelfcastError(f"`{' '.join(exc.cmd[3:6])} ...` failed (exit {exc.returncode})") from None
     finally:
@@ -127,7 +140,7 @@ def _wait_for_windows(settings: Settings, skus: int, job: ManagedProcess, consol
     """Window counts once they stop growing (the job catches up with the simulated backlog)."""
     counts, settled_at, deadline = _window_counts(settings, skus), time.monotonic(), time.monotonic() + 300
     with Progress(console=console) as progress:
-        task = progress.add_task("5/5 waiting for the feature windows to settle", total=None)
+        task = progress.add_task("8/8 waiting for the feature windows to settle", total=None)
         while time.monotonic() - settled_at < 10 and time.monotonic() < deadline:
             if not job.alive():
                 raise ShelfcastError(f"the features job stopped; see {job.log}")
@@ -135,43 +148,50 @@ def _wait_for_windows(settings: Settings, skus: int, job: ManagedProcess, consol
             latest = _window_counts(settings, skus)
             if latest != counts or not any(latest.values()):
                 counts, settled_at = latest, time.monotonic()
-            progress.update(task, description=f"5/5 feature windows in Redis: {sum(counts.values()):,}")
+            progress.update(task, description=f"8/8 feature windows in Redis: {sum(counts.values()):,}")
     return counts
 
 
-def _dead_letters(settings: Settings) -> dict[str, int]:
-    """Dead letters on the topic, by kind: invalid records and events too late for a window."""
+def _read_topic(settings: Settings, topic: str, parse: Callable[[bytes], T]) -> list[T]:
+    """Every record of a topic, parsed (a record that does not parse fails the demo): read from the start by a
+    group of its own until nothing came for 5 s (joining the group takes a few seconds, hence 30 s at first)."""
     consumer = make_consumer(settings, group_id=f"shelfcast-demo-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([settings.topics.events_dlq])
-    kinds: Counter[str] = Counter()
-    deadline = time.monotonic() + 30  # joining the group takes a few seconds; then read until quiet
-    while time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        deadline = time.monotonic() + 5
-        reason = DeadLetter.from_bytes(msg.value()).reason
-        kinds["late" if reason.startswith("late") else "invalid"] += 1
-    consumer.close()
-    return dict(kinds)
-
-
-def _forecasts(settings: Settings) -> dict:
-    """Forecasts on the topic (every one valid), by kind, and how many SKUs they cover."""
-    consumer = make_consumer(settings, group_id=f"shelfcast-demo-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([settings.topics.forecasts])
-    records, skus, fallback = 0, set(), 0
+    consumer.subscribe([topic])
+    records: list[T] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is None or msg.error():
             continue
         deadline = time.monotonic() + 5
-        forecast = Forecast.from_bytes(msg.value())
-        records, fallback = records + 1, fallback + forecast.fallback
-        skus.add(forecast.sku)
+        records.append(parse(msg.value() or b""))
     consumer.close()
-    return {"published": records, "skus": len(skus), "fallback": fallback}
+    return records
+
+
+def _dead_letters(settings: Settings) -> dict[str, dict[str, int]]:
+    """Dead letters on the topic by the stage that rejected them (each consumer of the events topic dead-letters
+    what it cannot use), and by kind: invalid records and events too late for a window."""
+    counts: dict[str, Counter[str]] = {}
+    for letter in _read_topic(settings, settings.topics.events_dlq, DeadLetter.from_bytes):
+        kind = "late" if letter.reason.startswith("late") else "invalid"
+        counts.setdefault(letter.stage, Counter())[kind] += 1
+    return {stage: dict(kinds) for stage, kinds in sorted(counts.items())}
+
+
+def _decisions(settings: Settings, forecast_skus: set[str]) -> dict:
+    """The agent's reorders and price changes, and whether each traces back to a forecast of its SKU."""
+    reorders = _read_topic(settings, settings.topics.reorders, Reorder.from_bytes)
+    prices = _read_topic(settings, settings.topics.prices, PriceChange.from_bytes)
+    return {
+        "reorders": len(reorders),
+        "reorder_decision_ids": len({r.decision_id for r in reorders}),
+        "reorder_skus": len({r.sku for r in reorders}),
+        "units_ordered": sum(r.qty for r in reorders),
+        "price_changes": len(prices),
+        "policies": sorted({r.policy for r in reorders}),
+        "untraced_reorders": sum(r.sku not in forecast_skus for r in reorders),
+    }
 
 
 def _report(summary: dict, console: Console) -> None:

@@ -13,7 +13,9 @@ from shelfcast.infra import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_demo_turns_simulated_events_into_windows_and_forecasts_and_dead_letters_the_poison(tmp_path: Path) -> None:
+def test_demo_turns_simulated_events_into_windows_forecasts_and_reorders_and_dead_letters_the_poison(
+    tmp_path: Path,
+) -> None:
     env = {
         **os.environ,
         "SHELFCAST_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
@@ -33,10 +35,18 @@ def test_demo_turns_simulated_events_into_windows_and_forecasts_and_dead_letters
     summary = json.loads((tmp_path / "reports" / "demo" / "summary.json").read_text())
     assert all(summary["windows_in_redis"][g] > 0 for g in ("1m", "1h", "1d"))
     assert summary["windows_in_redis"]["1m"] > summary["windows_in_redis"]["1h"] > summary["windows_in_redis"]["1d"]
-    assert summary["dead_letters"]["invalid"] == 3  # the poison, and only it: the simulator sends valid events
+    # the poison, and only it (the simulator sends valid events), from each consumer of the events topic
+    assert {stage: kinds.get("invalid") for stage, kinds in summary["dead_letters"].items()} == {
+        "agent": 3,
+        "features": 3,
+    }
     assert summary["model"]["arch"] in ("lstm", "tcn") and summary["model"]["version"]
     forecasts = summary["forecasts"]  # daily windows close as simulated time passes, and each is scored
     assert 0 < forecasts["skus"] <= 10 and forecasts["published"] >= forecasts["skus"]
     assert forecasts["fallback"] == forecasts["published"]  # 2 days of history: too little for the network
-    assert "stopped what the demo started: ingest, forecaster, features, kafka, redis" in result.stdout
+    decisions = summary["decisions"]  # nothing on hand at first: the agent orders for SKUs that have a forecast
+    assert 0 < decisions["reorder_skus"] <= forecasts["skus"] and decisions["units_ordered"] > 0
+    assert decisions["reorder_decision_ids"] == decisions["reorders"]  # no decision sent twice
+    assert decisions["untraced_reorders"] == 0 and decisions["policies"] == ["capped-base-stock"]
+    assert "stopped what the demo started: ingest, forecaster, agent, features, kafka, redis" in result.stdout
     assert not (tmp_path / "state" / "demo" / "infra.json").exists()
