@@ -582,8 +582,13 @@ def test_purchase_kpis_inventory_totals_and_emitted_records_are_counted(run_sett
         sales = [purchase(a, 3), purchase(a, 9), purchase(a, 1, "return"), purchase(a, 2, "view")]
         send(run_settings, [(topics.events, e) for e in sales])
         wait_for(lambda: (s := state_of(run_settings, a)) is not None and s.on_hand == -1, what="purchases applied")
-        # 3 of 3 filled; 7 of 9 (a stockout); the return and the view are no demand
-        assert [metric_value(f"shelfcast_agent_{n}", {}) - b for n, b in zip(names, before, strict=True)] == [12, 10, 1]
+
+        # 3 of 3 filled; 7 of 9 (a stockout); the return and the view are no demand. The loop counts just after its
+        # transaction commits, so the state can be seen a moment before the counters move: wait for them too.
+        def counted() -> list[float]:
+            return [metric_value(f"shelfcast_agent_{n}", {}) - b for n, b in zip(names, before, strict=True)]
+
+        wait_for(lambda: counted() == [12, 10, 1], 10, "the purchase KPIs counted")
 
         send(run_settings, [(topics.forecasts, forecast(s, D0)) for s in (a, p)])
         order = next(r for r in reorders_on(run_settings) if r.sku == a)
