@@ -222,6 +222,10 @@ class Reorder(Contract):
     policy_version: Label
     inventory_position: float
     reason: Reason
+    expected_at: EpochMs | None = Field(
+        default=None,
+        description="when the agent expects the goods on hand: its decision period + the expected lead time",
+    )
 
 
 class PriceChange(Contract):

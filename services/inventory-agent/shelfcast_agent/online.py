@@ -607,12 +607,13 @@ class AgentLoop:
         position = state.inventory_position
         if plan.qty > 0:
             eta_step = step + params.expected_lead
+            eta_ms = clock.step_start(eta_step)
             state.pipeline.append(
                 Outstanding(
                     decision_id=reorder_id,
                     qty=plan.qty,
                     ordered_period_ms=trigger.period_ms,
-                    eta_ms=clock.step_start(eta_step),
+                    eta_ms=eta_ms,
                     eta_step=eta_step,
                 )
             )
@@ -625,6 +626,7 @@ class AgentLoop:
                 policy_version=version,
                 inventory_position=position,
                 reason=plan.reason[:2000],
+                expected_at=eta_ms,
             )
             out.append(self._pending(reorder, "reorder", self.settings.topics.reorders, trigger, plan.qty, now))
         state.last_decision_period_ms = trigger.period_ms
