@@ -88,11 +88,14 @@ def contracts_check(directory: Path = DEFAULT_SCHEMA_DIR) -> None:
 def demo(
     skus: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
     days: Annotated[int, typer.Option(min=1, max=365)] = 30,
+    seconds_per_day: Annotated[
+        float, typer.Option(min=0, max=3_600, help="Wall seconds per simulated day (0: as fast as it goes).")
+    ] = 4.0,
 ) -> None:
     """Run what is built of the pipeline on the embedded broker and Redis, then stop what it started."""
     from shelfcast.demo import run_demo
 
-    run_demo(get_settings(), skus=skus, days=days, console=console)
+    run_demo(get_settings(), skus=skus, days=days, seconds_per_day=seconds_per_day, console=console)
 
 
 def _add_service_commands() -> None:

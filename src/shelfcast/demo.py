@@ -3,10 +3,11 @@
 Built so far and run here: the embedded broker and Redis, the ingest service (a real `shelfcast ingest
 serve` process), the PyFlink features job, the forecaster (trained first on `HISTORY_DAYS` of simulated sales
 before the demo period, then serving and scoring the stream of daily windows), the inventory agent (capped
-base-stock on the forecasts, reorders and price changes on Kafka), and the storefront simulator sending to ingest
-over HTTP; poison records written straight to Kafka must come out on the dead-letter topic. The demo starts every
+base-stock on the forecasts, reorders and price changes on Kafka), an ERP simulator delivering each reorder after
+`LEAD_DAYS` of the stream's days (receipts move stock on hand), and the storefront simulator sending to ingest over
+HTTP; poison records written straight to Kafka must come out on the dead-letter topic. The demo starts every
 service as its own process through the `shelfcast` command, so the core imports no service.
-Not built yet, and so not run: receipts (no ERP simulator: ordered stock never arrives) and the HTML report.
+Not built yet, and so not run: the HTML report.
 """
 
 import datetime
@@ -22,18 +23,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shelfcast.contracts import DeadLetter, Forecast, PriceChange, Reorder
+from shelfcast.contracts import DeadLetter, Forecast, PriceChange, Receipt, Reorder
 from shelfcast.errors import ShelfcastError
 from shelfcast.infra import Infra, ManagedProcess, free_port, start_service
 from shelfcast.kafka import make_consumer, make_producer
 from shelfcast.settings import Settings
 from shelfcast.store import connect_redis, feature_key
 
-NOT_BUILT = ["receipts (ERP simulator)", "HTML report"]
+NOT_BUILT = ["HTML report"]
+LEAD_DAYS = 2  # the ERP simulator's, equal to the agent's default SKU lead time
 HISTORY_DAYS = 90
 DEMO_INPUTS = ("views", "clicks", "carts")  # feature-window fields the forecaster reads beside demand
 DEMO_START = datetime.date(2026, 1, 1)
@@ -43,7 +47,7 @@ GRANULARITIES = ("1m", "1h", "1d")
 T = TypeVar("T")
 
 
-def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict:
+def run_demo(settings: Settings, skus: int, days: int, seconds_per_day: float, console: Console) -> dict:
     demo_settings = settings.model_copy(update={"state_dir": settings.state_dir / "demo"})
     infra = Infra(demo_settings)
     api_key = secrets.token_urlsafe(16)
@@ -58,27 +62,32 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
     try:
         console.print("[bold]1/8[/] bringing up Kafka and Redis")
         infra.up()
+        # first: the job takes 15-60 s to run, and the simulated days should reach it as they pass, not as a backlog
+        console.print("[bold]2/8[/] starting the features job (PyFlink)")
+        job = start_service("features", ["features", "run", "--fresh"], env, None, logs / "features.log")
+        services.append(job)
         env["SHELFCAST_FORECASTER_REGISTRY"] = str(demo_settings.state_dir / "models")
-        console.print(f"[bold]2/8[/] training the forecaster on {HISTORY_DAYS} simulated days before the demo")
+        console.print(f"[bold]3/8[/] training the forecaster on {HISTORY_DAYS} simulated days before the demo")
         summary: dict = {"model": _train_forecaster(demo_settings.state_dir, skus, env)}
-        console.print("[bold]3/8[/] starting the ingest service")
+        console.print("[bold]4/8[/] starting the ingest service")
         url = f"http://127.0.0.1:{free_port()}"
         args = ["ingest", "serve", "--port", url.rsplit(":", 1)[1]]
         services.append(start_service("ingest", args, env, f"{url}/readyz", logs / "ingest.log"))
-        console.print("[bold]4/8[/] starting the forecaster (HTTP API and stream scoring)")
+        console.print("[bold]5/8[/] starting the forecaster (HTTP API and stream scoring)")
         forecaster_url = f"http://127.0.0.1:{free_port()}"
         args = ["forecaster", "serve", "--port", forecaster_url.rsplit(":", 1)[1]]
         services.append(start_service("forecaster", args, env, f"{forecaster_url}/readyz", logs / "forecaster.log"))
-        console.print("[bold]5/8[/] starting the inventory agent (capped base-stock on the forecasts)")
+        console.print("[bold]6/8[/] starting the inventory agent (capped base-stock) and the ERP simulator")
         agent_url = f"http://127.0.0.1:{free_port()}"
         args = ["agent", "run", "--port", agent_url.rsplit(":", 1)[1]]
         services.append(start_service("agent", args, env, f"{agent_url}/readyz", logs / "agent.log"))
-        console.print("[bold]6/8[/] starting the features job (PyFlink)")
-        job = start_service("features", ["features", "run", "--fresh"], env, None, logs / "features.log")
-        services.append(job)
-        console.print(f"[bold]7/8[/] simulating {skus} SKUs over {days} days into {url}")
+        args = ["simulate", "erp", "--lead-days", str(LEAD_DAYS)]
+        services.append(start_service("erp", args, env, None, logs / "erp.log"))
+        console.print(f"[bold]7/8[/] simulating {skus} SKUs over {days} days ({seconds_per_day:g} s a day) into {url}")
         started = time.perf_counter()
+        speed = 86_400 / seconds_per_day if seconds_per_day else 0
         live = ["--skus", str(skus), "--days", str(days), "--start", str(DEMO_START), "--target", "http"]
+        live += ["--speed", str(speed)]
         _shelfcast(["simulate", "storefront", *live, "--url", url, "--api-key", api_key], env)
         summary["simulate_seconds"] = round(time.perf_counter() - started, 1)
         _write_poison(demo_settings)
@@ -91,6 +100,7 @@ def run_demo(settings: Settings, skus: int, days: int, console: Console) -> dict
             "fallback": sum(f.fallback for f in forecasts),
         }
         summary["decisions"] = _decisions(demo_settings, {f.sku for f in forecasts})
+        summary["inventory"] = _inventory(demo_settings, agent_url)
     except subprocess.CalledProcessError as exc:
         raise ShelfcastError(f"`{' '.join(exc.cmd[3:6])} ...` failed (exit {exc.returncode})") from None
     finally:
@@ -191,6 +201,23 @@ def _decisions(settings: Settings, forecast_skus: set[str]) -> dict:
         "price_changes": len(prices),
         "policies": sorted({r.policy for r in reorders}),
         "untraced_reorders": sum(r.sku not in forecast_skus for r in reorders),
+    }
+
+
+def _inventory(settings: Settings, agent_url: str) -> dict:
+    """Receipts the ERP simulator delivered, and the agent's fill rate and stock-outs from its `/metrics`."""
+    receipts = _read_topic(settings, settings.topics.receipts, Receipt.from_bytes)
+    text = httpx.get(f"{agent_url}/metrics", timeout=10, follow_redirects=True).text
+    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    demanded = values.get("shelfcast_agent_units_demanded_total", 0.0)
+    filled = values.get("shelfcast_agent_units_filled_total", 0.0)
+    return {
+        "receipts": len(receipts),
+        "units_received": sum(r.qty for r in receipts),
+        "units_demanded": demanded,
+        "units_filled": filled,
+        "fill_rate": round(filled / demanded, 4) if demanded else None,
+        "stockouts": values.get("shelfcast_agent_stockouts_total", 0.0),
     }
 
 

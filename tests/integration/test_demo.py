@@ -13,7 +13,7 @@ from shelfcast.infra import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_demo_turns_simulated_events_into_windows_forecasts_and_reorders_and_dead_letters_the_poison(
+def test_demo_turns_simulated_events_into_windows_forecasts_reorders_and_receipts_and_dead_letters_the_poison(
     tmp_path: Path,
 ) -> None:
     env = {
@@ -24,7 +24,7 @@ def test_demo_turns_simulated_events_into_windows_forecasts_and_reorders_and_dea
     }
     shelfcast = Path(sys.executable).with_name("shelfcast")
     result = subprocess.run(
-        [shelfcast, "demo", "--skus", "10", "--days", "2"],
+        [shelfcast, "demo", "--skus", "10", "--days", "5", "--seconds-per-day", "6"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -43,10 +43,15 @@ def test_demo_turns_simulated_events_into_windows_forecasts_and_reorders_and_dea
     assert summary["model"]["arch"] in ("lstm", "tcn") and summary["model"]["version"]
     forecasts = summary["forecasts"]  # daily windows close as simulated time passes, and each is scored
     assert 0 < forecasts["skus"] <= 10 and forecasts["published"] >= forecasts["skus"]
-    assert forecasts["fallback"] == forecasts["published"]  # 2 days of history: too little for the network
+    assert forecasts["fallback"] == forecasts["published"]  # 5 days of history: too little for the network
     decisions = summary["decisions"]  # nothing on hand at first: the agent orders for SKUs that have a forecast
     assert 0 < decisions["reorder_skus"] <= forecasts["skus"] and decisions["units_ordered"] > 0
     assert decisions["reorder_decision_ids"] == decisions["reorders"]  # no decision sent twice
     assert decisions["untraced_reorders"] == 0 and decisions["policies"] == ["capped-base-stock"]
-    assert "stopped what the demo started: ingest, forecaster, agent, features, kafka, redis" in result.stdout
+    inventory = summary["inventory"]  # orders of the first days arrive 2 stream days later, the last ones do not
+    assert 0 < inventory["receipts"] < decisions["reorders"]
+    assert 0 < inventory["units_received"] < decisions["units_ordered"]
+    assert 0 < inventory["units_filled"] <= inventory["units_demanded"] and 0 < inventory["fill_rate"] <= 1
+    printed = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "stopped what the demo started: features, ingest, forecaster, agent, erp, kafka, redis" in printed
     assert not (tmp_path / "state" / "demo" / "infra.json").exists()
