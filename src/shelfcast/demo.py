@@ -47,13 +47,25 @@ GRANULARITIES = ("1m", "1h", "1d")
 T = TypeVar("T")
 
 
+def demo_servers(settings: Settings) -> Settings:
+    """The demo's settings: a broker and a Redis of its own on free ports (started and stopped by the demo), unless
+    SHELFCAST_KAFKA_BOOTSTRAP / SHELFCAST_REDIS_URL name others. Servers left from earlier runs would leak their state
+    into this one: the agent's stored offsets in Redis, say, are past the end of a fresh broker's topics."""
+    update: dict[str, object] = {"state_dir": settings.state_dir / "demo"}
+    if "kafka_bootstrap" not in settings.model_fields_set:
+        update["kafka_bootstrap"] = f"127.0.0.1:{free_port()}"
+    if "redis_url" not in settings.model_fields_set:
+        update["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"
+    return settings.model_copy(update=update)
+
+
 def run_demo(settings: Settings, skus: int, days: int, seconds_per_day: float, console: Console) -> dict:
-    demo_settings = settings.model_copy(update={"state_dir": settings.state_dir / "demo"})
+    demo_settings = demo_servers(settings)
     infra = Infra(demo_settings)
     api_key = secrets.token_urlsafe(16)
     env = {
-        "SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "SHELFCAST_REDIS_URL": settings.redis_url,
+        "SHELFCAST_KAFKA_BOOTSTRAP": demo_settings.kafka_bootstrap,
+        "SHELFCAST_REDIS_URL": demo_settings.redis_url,
         "SHELFCAST_STATE_DIR": str(demo_settings.state_dir),
         "SHELFCAST_API_KEYS": json.dumps([api_key]),
     }
