@@ -202,6 +202,7 @@ def test_forecasts_purchases_and_receipts_make_reorders_and_state(
     first = by_sku[a]
     assert first.decision_id == decision_id(a, D0) and first.qty == expected.qty
     assert first.inventory_position == 8 and first.policy == "capped-base-stock"
+    assert first.expected_at == D0 + 2 * DAY_MS  # the decision period + the SKU's lead time of 2
     assert "inventory position 8 below order-up-to" in first.reason and "forecast lstm v-test" in first.reason
     moq = by_sku[c]
     assert moq.qty % 6 == 0 and moq.qty >= 20 and "made feasible (MOQ 20, case pack 6)" in moq.reason
