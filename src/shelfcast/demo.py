@@ -1,12 +1,13 @@
 """`shelfcast demo`: run the parts of the pipeline that are built, end to end, on embedded servers.
 
-Built so far and run here: the embedded broker and Redis, the ingest service (a real `shelfcast ingest
-serve` process), the PyFlink features job, the forecaster (trained first on `HISTORY_DAYS` of simulated sales
-before the demo period, then serving and scoring the stream of daily windows), the inventory agent (capped
-base-stock on the forecasts, reorders and price changes on Kafka), an ERP simulator delivering each reorder after
-`LEAD_DAYS` of the stream's days (receipts move stock on hand), and the storefront simulator sending to ingest over
-HTTP; poison records written straight to Kafka must come out on the dead-letter topic. The demo starts every
-service as its own process through the `shelfcast` command, so the core imports no service.
+Built so far and run here: the embedded broker and Redis, the ingest service (a real `shelfcast ingest serve`
+process), the PyFlink features job, the forecaster (trained first on `HISTORY_DAYS` of simulated sales before the
+demo period, then serving and scoring the stream of daily windows), the inventory agent (capped base-stock on the
+forecasts, reorders and price changes on Kafka), an ERP simulator delivering each reorder on the day the agent
+expects it, by the stream's clock (receipts move stock on hand), and the storefront simulator sending to ingest over
+HTTP, one simulated day every `seconds_per_day`; poison records written straight to Kafka must come out on the
+dead-letter topic. The demo starts every service as its own process through the `shelfcast` command, so the core
+imports no service.
 Not built yet, and so not run: the HTML report.
 """
 
@@ -37,7 +38,7 @@ from shelfcast.settings import Settings
 from shelfcast.store import connect_redis, feature_key
 
 NOT_BUILT = ["HTML report"]
-LEAD_DAYS = 2  # the ERP simulator's, equal to the agent's default SKU lead time
+LEAD_DAYS = 2  # the ERP simulator's for a reorder without expected_at: the agent's default SKU lead time
 HISTORY_DAYS = 90
 DEMO_INPUTS = ("views", "clicks", "carts")  # feature-window fields the forecaster reads beside demand
 DEMO_START = datetime.date(2026, 1, 1)
