@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import orjson
 
 from shelfcast.contracts import FeatureWindow, Forecast
+from shelfcast_forecaster.scoring import GRANULARITY_FREQ, PERIOD_MS
 
-FREQ_PERIOD_MS = {"min": 60_000, "h": 3_600_000, "D": 86_400_000}  # the freqs `scoring.GRANULARITY_FREQ` serves
+FREQ_PERIOD_MS = {GRANULARITY_FREQ[g]: PERIOD_MS[g] for g in GRANULARITY_FREQ}  # the freqs the service forecasts
 
 
 @dataclass(frozen=True)
