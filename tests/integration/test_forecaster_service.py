@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -100,6 +101,20 @@ def seed_store(settings: Settings, skus: dict[str, list[int]]) -> None:
     store = FeatureStore(connect_redis(settings.redis_url))
     for sku, units in skus.items():
         store.write(windows(sku, units))
+
+
+@contextmanager
+def scoring_loop(service: ForecastService, settings: Settings) -> Iterator[ScoringLoop]:
+    """The stream scoring loop running in a thread while the block runs; stopped and joined after it."""
+    loop = ScoringLoop(service, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        yield loop
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def test_get_scores_from_history_then_serves_from_cache(client: TestClient, run_settings: Settings) -> None:
@@ -198,11 +213,7 @@ def test_scoring_loop_publishes_one_forecast_per_updated_sku(
 
     service = ForecastService(connect_redis(run_settings.redis_url), config)
     assert service.reload_if_changed()
-    loop = ScoringLoop(service, run_settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=loop.run, args=(stop,))
-    thread.start()
-    try:
+    with scoring_loop(service, run_settings):
         out = make_consumer(run_settings, f"it-{uuid.uuid4().hex[:6]}")
         out.subscribe([run_settings.topics.forecasts])
         forecasts = [Forecast.from_bytes(v) for v in consume(out, len(skus))]
@@ -211,9 +222,6 @@ def test_scoring_loop_publishes_one_forecast_per_updated_sku(
         dlq.subscribe([run_settings.topics.events_dlq])
         letters = [DeadLetter.from_bytes(v) for v in consume(dlq, 1)]
         dlq.close()
-    finally:
-        stop.set()
-        thread.join(30)
     assert sorted(f.sku for f in forecasts) == sorted(skus)
     assert all(f.start == START_MS + 30 * DAY_MS for f in forecasts if history[f.sku][-1])
     assert len(letters) == 1 and letters[0].stage == "forecaster"
@@ -259,18 +267,11 @@ def test_scoring_loop_scores_arriving_actuals_against_the_cached_forecast(
     for window in actuals:
         produce(producer, run_settings.topics.features, window)
     producer.flush(10)
-    loop = ScoringLoop(service, run_settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=loop.run, args=(stop,))
-    thread.start()
-    try:
+    with scoring_loop(service, run_settings):  # left only once the loop stopped: its counts are done
         out = make_consumer(run_settings, f"it-{uuid.uuid4().hex[:6]}")
         out.subscribe([run_settings.topics.forecasts])
         assert len(consume(out, len(actuals))) == len(actuals)
         out.close()
-    finally:
-        stop.set()
-        thread.join(30)
     assert sample("actuals_scored") - before[0] == len(expected)
     p50 = sum(s.pinball["p50"] for s in expected)
     assert sample("pinball_loss", quantile="p50") - before[1] == pytest.approx(p50)
