@@ -301,13 +301,6 @@ def check(job: FeaturesJob, played: list[tuple[bytes, int]]) -> None:
     }
 
 
-@pytest.fixture
-def job(settings: Settings, tmp_path: Path) -> Iterator[FeaturesJob]:
-    features = FeaturesJob(settings, tmp_path / "state")
-    yield features
-    features.stop()
-
-
 def test_windows_equal_the_reference_and_the_dlq_holds_exactly_the_bad_and_too_late(job: FeaturesJob) -> None:
     stream = Stream(prefix=f"w{uuid.uuid4().hex[:6]}")
     job.start()

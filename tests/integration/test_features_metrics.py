@@ -3,15 +3,12 @@
 import socket
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shelfcast.contracts import FeatureWindow
 from shelfcast.infra import free_port
-from shelfcast.settings import Settings
 from tests.integration.test_features_job import MINUTE, OUT_OF_ORDERNESS, T0, FeaturesJob, Stream, probe
 
 pytestmark = pytest.mark.integration
@@ -27,13 +24,6 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
         if family.name.startswith("shelfcast_features_")
         for s in family.samples
     }
-
-
-@pytest.fixture
-def job(settings: Settings, tmp_path: Path) -> Iterator[FeaturesJob]:
-    features = FeaturesJob(settings, tmp_path / "state")
-    yield features
-    features.stop()
 
 
 def test_the_worker_serves_window_metrics(job: FeaturesJob) -> None:
