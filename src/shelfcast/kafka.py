@@ -2,21 +2,28 @@
 
 - `make_producer`: idempotent, acks=all, lz4: a delivered record is durable and never duplicated by retries.
 - `make_consumer`: classic group protocol, manual commits, configurable session timeout.
+- `read_topic`: every record of a topic with its broker timestamp, for reports and checks (not for services).
 - `DeadLetterWriter`: records we cannot process go to a dead-letter topic with the raw bytes and the reason.
 - `ensure_topics` / `check_kafka`: set-up and a health check that fails with one line saying where.
 """
 
 import logging
 import socket
-from collections.abc import Iterable
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Generic, NamedTuple, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from shelfcast.contracts import Contract, DeadLetter
-from shelfcast.errors import InfraUnavailable
+from shelfcast.errors import ContractError, InfraUnavailable
 from shelfcast.metrics import DEAD_LETTERS, KAFKA_DELIVERY_ERRORS
 from shelfcast.settings import Settings
+
+T = TypeVar("T", bound=Contract)
+R = TypeVar("R")
 
 # librdkafka logs every failed connect attempt to stderr; route it through Python logging instead.
 _RDKAFKA_LOG = logging.getLogger("shelfcast.rdkafka")
@@ -54,6 +61,38 @@ def make_consumer(settings: Settings, group_id: str, **overrides: object) -> Con
         },
     )
     return Consumer(config)
+
+
+class Stamped(NamedTuple, Generic[R]):
+    """A record and the broker's timestamp of it (when its producer sent it, epoch ms)."""
+
+    at_ms: int
+    record: R
+
+
+def read_topic(settings: Settings, topic: str, contract: type[T], skip_invalid: bool = False) -> list[Stamped[T]]:
+    """Every record of `topic` from the start, parsed as `contract` (one that does not parse raises, or is skipped
+    with `skip_invalid`), read by a group of its own until nothing came for 5 s (joining the group takes a few
+    seconds, hence 30 s at first)."""
+    consumer = make_consumer(settings, group_id=f"shelfcast-read-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    parse: Callable[[bytes | None], T] = contract.from_bytes
+    records: list[Stamped[T]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(1_000, timeout=0.5):
+                if msg.error():
+                    continue
+                deadline = time.monotonic() + 5
+                try:
+                    records.append(Stamped(msg.timestamp()[1], parse(msg.value())))
+                except ContractError:
+                    if not skip_invalid:
+                        raise
+    finally:
+        consumer.close()
+    return records
 
 
 def produce(
