@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shelfcast_agent.cli_run import run_command
 from shelfcast_agent.instances import DEFAULT_SUITE, Instance, InstancesError
+from shelfcast_agent.replay import replay_command
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,3 +201,4 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 app.command("run")(run_command)  # helper C's online loop
+app.command("replay")(replay_command)  # the agent's orders vs capped base-stock on the realised demand
