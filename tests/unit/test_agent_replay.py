@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shelfcast.contracts import FeatureWindow, Forecast, Reorder
+from shelfcast.errors import ShelfcastError
 from shelfcast_agent import replay
 from shelfcast_agent.cli import app
 from shelfcast_agent.decide import capped_base_stock
@@ -200,3 +201,13 @@ def test_the_command_writes_the_json_and_prints_the_totals(tmp_path: Path, monke
     assert {"days", "skus", "lead_time_source", "totals", "series", "skipped_records"} <= set(payload)
     assert payload["skipped_records"] == 1 and list(payload["series"]) == [SKU]
     assert "capped_base_stock" in result.output and "cost ratio" in result.output
+
+
+def test_nothing_to_replay_is_an_error_naming_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay, "read_inputs", lambda *_args: ({}, 0))
+    result = CliRunner().invoke(app, ["replay", "--json", str(tmp_path / "r.json")])
+    assert isinstance(result.exception, ShelfcastError) and "no forecasts" in str(result.exception)
+    monkeypatch.setattr(replay, "read_inputs", lambda *_args: ({SKU: SkuInputs(forecasts=[forecast(1)])}, 0))
+    result = CliRunner().invoke(app, ["replay", "--json", str(tmp_path / "r.json")])
+    assert isinstance(result.exception, ShelfcastError) and "no 1d feature windows" in str(result.exception)
+    assert not (tmp_path / "r.json").exists()
