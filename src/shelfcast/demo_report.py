@@ -49,7 +49,7 @@ def sample_skus(observed: "Observed", replay: dict) -> list[str]:
     units: dict[str, int] = defaultdict(int)
     for window in observed.daily_windows.values():
         units[window.sku] += window.units
-    candidates = set(replay.get("skus", {})) or set(units)
+    candidates = set(replay.get("series", {})) or set(units)
     return sorted(candidates, key=lambda sku: (-units.get(sku, 0), sku))[:SAMPLE_SKUS]
 
 
@@ -84,7 +84,7 @@ def _demand_section(out_dir: Path, observed: "Observed", skus: list[str]) -> str
             names = sorted(made[0][1].quantiles, key=lambda q: int(q[1:]))
             x = _days([w.window_start for w, _ in made])
             low, high = ([f.quantiles[q][0] for _, f in made] for q in (names[0], names[-1]))
-            ax.fill_between(x, low, high, alpha=0.3, label=f"forecast {names[0]}-{names[-1]}", step="mid")
+            ax.fill_between(x, low, high, alpha=0.3, label=f"forecast {names[0]}-{names[-1]}")
             ax.plot(x, [f.quantiles["p50"][0] for _, f in made], "C0-", label="forecast p50")
         ax.set_title(sku, loc="left", fontsize=9)
         ax.set_ylabel("units / day")
@@ -101,23 +101,24 @@ def _inventory_section(out_dir: Path, observed: "Observed", replay: dict, skus: 
         return ""
     fig, axes = _grid(len(skus))
     for ax, sku in zip(axes, skus, strict=True):
-        series = replay.get("skus", {}).get(sku)
+        series = replay.get("series", {}).get(sku)
         if series:
             x = _days(series["day_ms"])
             ax.step(x, series["agent"]["position"], where="post", label="inventory position (replayed)")
             ax.step(x, series["agent"]["on_hand"], where="post", label="on hand (replayed)")
         reorders = [r.record for r in observed.reorders if r.record.sku == sku]
         ax.scatter(
-            _days([r.issued_at for r in reorders]),
+            _days([trace.decision_period(r) for r in reorders]),
             [r.inventory_position for r in reorders],
             c="C3",
             marker="v",
             s=[12 + r.qty for r in reorders],
             label="reorder (position when decided; size: qty)",
         )
-        receipts = [r.record for r in observed.receipts if r.record.sku == sku]
+        due = {r.decision_id: r.expected_at for r in reorders if r.expected_at is not None}
+        receipts = [r.record for r in observed.receipts if r.record.decision_id in due]
         ax.scatter(
-            _days([r.received_at for r in receipts]),
+            _days([due[str(r.decision_id)] for r in receipts]),
             [r.qty for r in receipts],
             c="C2",
             marker="^",
@@ -127,7 +128,8 @@ def _inventory_section(out_dir: Path, observed: "Observed", replay: dict, skus: 
         ax.set_ylabel("units")
     axes[0].legend(loc="upper right", fontsize=8)
     note = (
-        "<p class='note'>Reorders and receipts are the records on Kafka, by the stream's clock; the lines are "
+        "<p class='note'>Reorders (at their decision day) and receipts (at the day the ERP simulator delivered them) "
+        "are the records on Kafka; the lines are "
         "`shelfcast agent replay` of the agent's orders on the demand that happened, day by day.</p>"
     )
     return "<h2>Inventory, reorders, receipts</h2>\n" + save_figure(fig, out_dir / "inventory.png", "inventory") + note

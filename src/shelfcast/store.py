@@ -90,8 +90,14 @@ class FeatureStore:
 
     def history(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Windows whose `window_end` lies in [start_ms, end_ms], oldest first."""
-        raw = cast(list[bytes], self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True))
-        return _frame(raw)
+        return _frame(self._between(sku, granularity, start_ms, end_ms))
+
+    def windows(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> list[FeatureWindow]:
+        """`history` as records rather than a frame."""
+        return [FeatureWindow.model_validate_json(m) for m in self._between(sku, granularity, start_ms, end_ms)]
+
+    def _between(self, sku: str, granularity: str, start_ms: int, end_ms: int) -> list[bytes]:
+        return cast(list[bytes], self._redis.zrange(feature_key(sku, granularity), start_ms, end_ms, byscore=True))
 
 
 _COLUMNS = list(FeatureWindow.model_fields)

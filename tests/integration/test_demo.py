@@ -13,7 +13,7 @@ from shelfcast.infra import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_demo_turns_simulated_events_into_windows_forecasts_reorders_and_receipts_and_dead_letters_the_poison(
+def test_demo_traces_every_reorder_to_its_forecast_window_and_events_and_reports_latency_cost_and_plots(
     tmp_path: Path,
 ) -> None:
     env = {
@@ -47,11 +47,27 @@ def test_demo_turns_simulated_events_into_windows_forecasts_reorders_and_receipt
     decisions = summary["decisions"]  # nothing on hand at first: the agent orders for SKUs that have a forecast
     assert 0 < decisions["reorder_skus"] <= forecasts["skus"] and decisions["units_ordered"] > 0
     assert decisions["reorder_decision_ids"] == decisions["reorders"]  # no decision sent twice
-    assert decisions["untraced_reorders"] == 0 and decisions["policies"] == ["capped-base-stock"]
+    assert decisions["policies"] == ["capped-base-stock"]
+    # each reorder's decision period has a forecast of its SKU, made from that SKU's daily window ending there,
+    # whose counts are exactly the distinct on-time events the storefront sent for it that day
+    traced = summary["trace"]
+    assert traced["reorders"] == decisions["reorders"]
+    assert traced["with_forecast"] == traced["with_daily_window"] == traced["window_equals_its_events"]
+    assert traced["window_equals_its_events"] == traced["reorders"]
+    assert summary["events"]["sent"] == sum(summary["events"]["by_type"].values())
+    latency = summary["latency"]
+    assert latency["purchase_to_reorder_s"]["n"] > 0 and latency["window_close_to_reorder_s"]["n"] > 0
+    assert 0 < latency["purchase_to_reorder_s"]["p50"] <= latency["purchase_to_reorder_s"]["p99"]
     inventory = summary["inventory"]  # orders of the first days arrive 2 stream days later, the last ones do not
     assert 0 < inventory["receipts"] < decisions["reorders"]
     assert 0 < inventory["units_received"] < decisions["units_ordered"]
-    assert 0 < inventory["units_filled"] <= inventory["units_demanded"] and 0 < inventory["fill_rate"] <= 1
+    assert 0 < inventory["live_units_filled"] <= inventory["live_units_demanded"]
+    cost = summary["cost_vs_baseline"]  # both replayed on the same demand
+    assert cost["agent"]["units_demanded"] == cost["capped_base_stock"]["units_demanded"] > 0
+    assert cost["cost_ratio"] == pytest.approx(cost["agent"]["cost"] / cost["capped_base_stock"]["cost"], abs=1e-3)
+    page = (tmp_path / "reports" / "demo" / "index.html").read_text()
+    for plot in ("demand", "inventory", "cost", "latency"):
+        assert f'src="{plot}.png"' in page and (tmp_path / "reports" / "demo" / f"{plot}.png").stat().st_size > 0
     printed = " ".join(result.stdout.split())  # the console wraps long lines
     assert "stopped what the demo started: features, ingest, forecaster, agent, erp, kafka, redis" in printed
     assert not (tmp_path / "state" / "demo" / "infra.json").exists()
