@@ -4,7 +4,7 @@
 forecast in Redis at ``sc:fcst:{sku}`` (the JSON of the `Forecast`). `ScoringLoop` consumes ``shelfcast.features``,
 coalesces the updated SKUs into micro-batches, scores them, and publishes to ``shelfcast.forecasts``; it commits its
 offsets only after the forecasts are acknowledged, and a batch that fails (Redis or the broker away) is retried
-until it succeeds, so no update is lost.
+until it succeeds, so no update is lost; a commit that fails after a long retry leaves the batch to be consumed again.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 
 import redis
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from shelfcast.contracts import FeatureWindow, Forecast
 from shelfcast.errors import ContractError
@@ -146,10 +146,19 @@ class ScoringLoop:
                 if windows and not self._publish_until_done(windows, stop):
                     break  # stopped before the batch was published: leave its offsets uncommitted
                 if messages:
-                    self.consumer.commit(asynchronous=False)
+                    self._commit()
         finally:
             self.producer.flush(10)
             self.consumer.close()
+
+    def _commit(self) -> None:
+        """Commit what was consumed. A batch retried for longer than ``max.poll.interval.ms`` (Redis away for
+        minutes) leaves the consumer without its partitions, and the commit fails: the loop goes on, the consumer
+        rejoins and the batch comes again from the last committed offsets (forecast twice, never lost)."""
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); the batch will be consumed again", exc)
 
     def _collect(self, stop: threading.Event) -> tuple[list[FeatureWindow], int]:
         """Windows at the model's granularity (the newest update of each), collected for up to ``linger_ms`` after
