@@ -17,11 +17,16 @@ topic itself, as its writer does: Redis first, then the topic.
 """
 
 import json
+import logging
+import re
 import secrets
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +44,11 @@ from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import FeatureStore, connect_redis
 from shelfcast_agent.decide import decision_id
+from shelfcast_agent.online import AgentLoop
+from shelfcast_agent.settings import AgentSettings
 from shelfcast_agent.state import InventoryState, inventory_key
+from shelfcast_forecaster.service import ForecastService, ScoringLoop
+from shelfcast_forecaster.settings import ForecasterSettings
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +56,8 @@ DAY_MS = 86_400_000
 START_MS = int(pd.Timestamp("2026-03-02").value // 1_000_000)
 HISTORY_DAYS = 30
 HORIZON = 7
+MAX_POLL_MS = 6_000  # a consumer's max.poll.interval.ms in the long-outage test (librdkafka: >= session timeout)
+MAX_POLL_EXCEEDED = re.compile(r"\[(rdkafka#consumer-\d+)\].*maximum poll interval .* exceeded")
 HOLD_S = 6.0  # how long the outage lasts after both services met it with records in hand
 FLAT = {"p10": [2.0] * HORIZON, "p50": [5.0] * HORIZON, "p90": [8.0] * HORIZON}
 
@@ -214,11 +225,12 @@ def stack(settings: Settings, registry: Path, tmp_path: Path) -> Iterator[Stack]
     scoped = scoped_settings(settings, redis_server.url, tmp_path / "state")
     api_key = secrets.token_urlsafe(16)
     env = service_env(scoped, registry, api_key)
-    services: list[Service] = []
+    commands = {"ingest": ["ingest", "serve"], "forecaster": ["forecaster", "serve"], "agent": ["agent", "run"]}
+    with ThreadPoolExecutor(len(commands)) as pool:  # each takes seconds to import and start: at once
+        starting = [pool.submit(start, name, args, env, tmp_path / "logs") for name, args in commands.items()]
+    services = [f.result() for f in starting if f.exception() is None]
     try:
-        for name, args in (("ingest", ["ingest", "serve"]), ("forecaster", ["forecaster", "serve"])):
-            services.append(start(name, args, env, tmp_path / "logs"))
-        services.append(start("agent", ["agent", "run"], env, tmp_path / "logs"))
+        assert len(services) == len(commands), [str(f.exception()) for f in starting if f.exception()]
         yield Stack(scoped, redis_server, api_key, *services)
     finally:
         for service in services:
@@ -397,3 +409,75 @@ def test_redis_outage_ingest_accepts_and_the_forecaster_and_agent_recover_withou
     finally:
         forecasts.close()
         events.close()
+
+
+def short_poll_consumer(settings: Settings, group_id: str, **overrides: object) -> object:
+    return make_consumer(settings, group_id, **{"max.poll.interval.ms": MAX_POLL_MS, **overrides})
+
+
+@contextmanager
+def running(target: Callable[[threading.Event], None]) -> Iterator[threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=target, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_an_outage_longer_than_the_poll_interval_does_not_stop_the_loops(
+    settings: Settings, registry: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop that waits out Redis does not poll its consumer; past `max.poll.interval.ms` (5 min by default, 6 s
+    here) librdkafka leaves the group, the partitions are lost and the next commit fails. The forecaster's scoring
+    loop and the agent's decision loop (in this process, on real servers, their consumers with that short interval)
+    must go on: rejoin, forecast and decide what came during and after the outage, decide nothing twice."""
+    redis_server = RestartableRedis(tmp_path / "redis")
+    scoped = scoped_settings(settings, redis_server.url, tmp_path / "state")
+    run = uid()
+    config = ForecasterSettings(registry=registry, group_id=f"it-rel-f-{run}", jit=False, linger_ms=20)
+    service = ForecastService(connect_redis(scoped.redis_url), config)
+    assert service.reload_if_changed()
+    scoring = ScoringLoop(service, scoped)
+    scoring.consumer.close()
+    scoring.consumer = short_poll_consumer(scoped, config.group_id)  # type: ignore[assignment]
+    agent_config = AgentSettings(group_id=f"it-rel-a-{run}", keyspace=f"it:rel:{run}", sweep_interval_s=3600)
+    agent = AgentLoop(connect_redis(scoped.redis_url), scoped, agent_config)
+    agent.consumer.close()
+    agent.consumer = short_poll_consumer(scoped, agent_config.group_id, **{"fetch.wait.max.ms": 10})  # type: ignore[assignment]
+    before, during, after, held = ([f"{group}{i}-{run}" for i in range(2)] for group in "LMNO")
+    next_day = START_MS + HISTORY_DAYS * DAY_MS
+    forecasts = TopicTail(scoped, scoped.topics.forecasts)
+    caplog.set_level(logging.WARNING)
+    try:
+        with running(scoring.run) as scoring_thread, running(agent.run) as agent_thread:
+            seed_history(scoped, before + during)
+            announce_newest(scoped, before)
+            forecasts_for(forecasts, before, 60, "forecasts before the outage")
+            wait_decided(scoped, dict.fromkeys(before, next_day), 30, "decisions before the outage")
+
+            connect_redis(scoped.redis_url).config_set("save", "3600 1")
+            redis_server.stop()
+            announce_newest(scoped, during)  # the forecaster forecasts them; the agent decides on those forecasts
+            send_forecasts(scoped, held, next_day)  # and a batch for the agent to hold through the outage
+            time.sleep(MAX_POLL_MS / 1000 + 4)  # the outage outlasts the poll interval; this asserts nothing
+            redis_server.restart()
+
+            forecasts_for(forecasts, during, 60, "forecasts of the windows consumed during the outage")
+            wait_decided(scoped, dict.fromkeys(during + held, next_day), 60, "decisions on them and the held ones")
+            seed_history(scoped, after)
+            announce_newest(scoped, after)
+            forecasts_for(forecasts, after, 60, "forecasts of windows written after the outage")
+            wait_decided(scoped, dict.fromkeys(after, next_day), 60, "decisions on them")
+            assert scoring_thread.is_alive() and agent_thread.is_alive()
+        exceeded = {m.group(1) for r in caplog.records if (m := MAX_POLL_EXCEEDED.search(r.getMessage()))}
+        assert len(exceeded) == 2, f"both consumers must have left their group: {exceeded}"
+        reorders = TopicTail(scoped, scoped.topics.reorders)
+        ids = [Reorder.from_bytes(v).decision_id for v in reorders.until(lambda v: len(v) >= 8, 30, "8 reorders")]
+        reorders.close()
+        assert sorted(ids) == sorted(decision_id(s, next_day) for s in before + during + after + held)
+    finally:
+        forecasts.close()
+        redis_server.stop()
