@@ -1,19 +1,20 @@
-"""Redis unavailable for a while, on real servers: the session's broker, a Redis of this test's own that it stops and
-later restarts (same port, same data directory, its data saved on shutdown as a persistent Redis keeps it), and
-ingest, the forecaster and the inventory agent as real `shelfcast` processes.
+"""Redis unavailable for a while, on real servers: the session's broker and a Redis of the test's own that it stops
+and later restarts (same port, same data directory; its data saved on shutdown, as a persistent Redis keeps it).
 
-What it proves:
+The first test runs ingest, the forecaster and the inventory agent as real `shelfcast` processes and shows:
 - ingest does not need Redis: it keeps answering 200 and the events it accepts are on the events topic;
-- the forecaster and the agent stay alive while Redis is down (`/healthz` 200; `/readyz` 503 naming Redis, so a
-  readiness probe takes them out of rotation while the liveness probe, on `/healthz`, leaves them running);
-- records they consumed during the outage are not lost: the feature windows the forecaster took from the topic are
-  forecast, and the forecasts the agent took are decided, once Redis is back, with nothing sent twice;
-- after the outage they go on by themselves: windows written after it are forecast, and the agent decides on those
-  forecasts;
-- the metrics show the outage: the forecaster's last-forecast timestamp stalls through it, and the agent's decision
-  latency for the records it held through it is longer than the outage.
-The features job is not run here (it takes 15-60 s to start); the test writes its windows to Redis and the features
-topic itself, as its writer does: Redis first, then the topic.
+- the forecaster and the agent stay up while Redis is down: `/healthz` 200, `/readyz` 503 naming Redis (a readiness
+  probe takes them out of rotation, the liveness probe on `/healthz` leaves them running), their APIs 503 with
+  Retry-After;
+- records they had consumed when Redis went away are not lost: the feature windows the forecaster took from the topic
+  are forecast, the forecasts the agent took are decided, once Redis is back, and no decision is sent twice;
+- after the outage they go on by themselves: windows written after it are forecast, and decided on;
+- the metrics show it: the forecaster's last-forecast timestamp stalls through the outage, and the agent's decision
+  latency of the batch it held through it is over 5 s.
+The second test runs both loops in this process with a short `max.poll.interval.ms`, for an outage longer than it:
+the consumers lose their partitions while the loops wait out Redis, and both must rejoin and go on.
+The features job is not run (it takes 15-60 s to start): the tests write its windows to Redis and to the features
+topic themselves, in its writer's order (Redis first, then the topic).
 """
 
 import json
@@ -376,6 +377,10 @@ def test_redis_outage_ingest_accepts_and_the_forecaster_and_agent_recover_withou
             assert service.get("/healthz").status_code == 200
             ready = service.get("/readyz")
             assert ready.status_code == 503 and ready.json()["reason"].startswith("Redis"), ready.text
+        for service, path in ((stack.forecaster, "/v1/forecast/"), (stack.agent, "/v1/inventory/")):
+            answer = service.get(f"{path}{before[0]}")  # what they serve comes from Redis: 503, retry later
+            assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.text
+            assert answer.json()["error"]["code"] == "redis_unavailable"
         time.sleep(max(0.0, HOLD_S - (time.monotonic() - met_at)))  # the outage lasts; this asserts nothing
         stalled = gauge(stack.forecaster.metrics(), "shelfcast_forecaster_last_forecast_timestamp_seconds")
         assert stalled == last_forecast_before, "a forecast was published while Redis was down"
