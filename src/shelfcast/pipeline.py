@@ -2,8 +2,9 @@
 (`shelfcast bench e2e`, `shelfcast bench soak`) run.
 
 `running_pipeline` brings up an embedded broker and Redis of its own, the PyFlink features job, the forecaster
-(trained first on simulated sales of the same catalogue before `START`), ingest, the inventory agent and an ERP
-simulator delivering each reorder on the day the agent expects it; on leaving it stops every process it started.
+(trained first on simulated sales of the same catalogue before `START`), ingest, the inventory agent (the DQN shipped
+with it, a residual policy around capped base-stock) and an ERP simulator delivering each reorder on the day the
+agent expects it; on leaving it stops every process it started.
 Each service runs as its own `shelfcast ...` process, so the core imports no service.
 """
 
@@ -109,7 +110,7 @@ def _start(pipeline: Pipeline, infra: Infra, skus: int, console: Console) -> Non
     console.print("[bold]starting[/] ingest, the forecaster, the inventory agent and the ERP simulator")
     start("ingest", ["ingest", "serve"], pipeline.ingest_url)
     start("forecaster", ["forecaster", "serve"], pipeline.forecaster_url)
-    start("agent", ["agent", "run"], pipeline.agent_url)
+    start("agent", ["agent", "run", "--dqn"], pipeline.agent_url)
     start("erp", ["simulate", "erp", "--lead-days", str(LEAD_DAYS)], None)
 
 

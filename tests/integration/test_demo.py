@@ -47,7 +47,8 @@ def test_demo_traces_every_reorder_to_its_forecast_window_and_events_and_reports
     decisions = summary["decisions"]  # nothing on hand at first: the agent orders for SKUs that have a forecast
     assert 0 < decisions["reorder_skus"] <= forecasts["skus"] and decisions["units_ordered"] > 0
     assert decisions["reorder_decision_ids"] == decisions["reorders"]  # no decision sent twice
-    assert decisions["policies"] == ["capped-base-stock"]
+    # the shipped DQN decides; capped base-stock only where the agent falls back
+    assert "dqn" in decisions["policies"] and set(decisions["policies"]) <= {"dqn", "capped-base-stock"}
     # each reorder's decision period has a forecast of its SKU, made from that SKU's daily window ending there,
     # whose counts are exactly the distinct on-time events the storefront sent for it that day
     traced = summary["trace"]

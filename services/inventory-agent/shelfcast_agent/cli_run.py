@@ -26,6 +26,7 @@ def run_command(
     model_dir: Annotated[
         Path | None, typer.Option(help="A trained DQN (default: SHELFCAST_AGENT_MODEL_DIR; none: base-stock).")
     ] = None,
+    dqn: Annotated[bool, typer.Option("--dqn", help="Decide with the DQN shipped in the package.")] = False,
     budget: Annotated[
         float | None, typer.Option(min=0.01, help="Spend per period (default: SHELFCAST_AGENT_BUDGET_PER_PERIOD).")
     ] = None,
@@ -34,6 +35,10 @@ def run_command(
     from shelfcast.settings import get_settings
     from shelfcast_agent.settings import AgentSettings
 
+    if dqn:
+        from shelfcast_agent.dqn import DEFAULT_MODEL
+
+        model_dir = model_dir or DEFAULT_MODEL
     overrides: dict[str, Any] = {"sku_params": sku_params, "model_dir": model_dir, "budget_per_period": budget}
     config = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
     if http:
