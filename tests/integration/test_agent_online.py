@@ -375,10 +375,13 @@ def start_agent(settings: Settings, config: AgentSettings, log: Path) -> subproc
 def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: Settings, tmp_path: Path) -> None:
     """Forecasts for many SKUs over several periods, purchases (some delivered twice), returns and receipts; the
     agent is killed with SIGKILL twice while records flow and restarted. Then: no decision_id twice on the
-    decision topics, every SKU decided every period, and each SKU's state equals a recomputation from the records."""
+    decision topics, every SKU decided every period, and each SKU's state equals a recomputation from the records
+    (half the SKUs lose sales beyond stock, half backorder them)."""
     run, n_skus, periods, initial = uid(), 100, 8, 20
     skus = [f"K{i:02d}-{run}" for i in range(n_skus)]
-    params: dict[str, dict] = {s: {"initial_on_hand": initial, "lead_time": 1 + i % 3} for i, s in enumerate(skus)}
+    params: dict[str, dict] = {
+        s: {"initial_on_hand": initial, "lead_time": 1 + i % 3, "lost_sales": i % 2 == 0} for i, s in enumerate(skus)
+    }
     for s in skus[::5]:
         params[s]["pricing"] = PRICING
     config = agent_config(tmp_path, params, max_batch=40, missing_forecast_grace_s=3600, pending_recover_after_s=1.0)
@@ -388,6 +391,7 @@ def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: S
     receipts: list[Receipt] = []
     receipted: set[str] = set()
     produced: Counter[str] = Counter()
+    sent: list[tuple[str, object]] = []  # every record in the order produced
     keys = Keys(config.keyspace)
     redis_client = connect_redis(run_settings.redis_url)
 
@@ -412,7 +416,9 @@ def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: S
         for i, sku in enumerate(skus):
             q = {name: [v * (1 + i % 4) for v in values] for name, values in FLAT.items()}
             batch.append((topics.forecasts, forecast(sku, D0 + k * DAY_MS, q)))
-        send(run_settings, [batch[j] for j in rng.permutation(len(batch))])
+        shuffled = [batch[j] for j in rng.permutation(len(batch))]
+        send(run_settings, shuffled)
+        sent.extend(shuffled)
         produced.update(topic for topic, _ in batch)
 
     def decided(period: int) -> int:
@@ -470,6 +476,7 @@ def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: S
     valid_ids = {decision_id(s, D0 + k * DAY_MS) for s in skus for k in range(periods)}
     assert {r.decision_id for r in reorders} <= valid_ids and len(reorders) >= n_skus
 
+    lost_some = 0
     for sku in skus:
         state = state_of(run_settings, sku)
         assert state is not None
@@ -477,7 +484,13 @@ def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: S
         returned = sum(e.qty for e in events.values() if e.sku == sku and e.type == "return")
         received = sum(r.qty for r in receipts if r.sku == sku)
         assert state.purchases == sold and state.returns == returned and state.received == received, sku
-        assert state.on_hand == initial - sold + returned + received, sku
+        backordered = initial - sold + returned + received
+        outcomes = on_hand_outcomes(initial, sent, sku, lost_sales=params[sku]["lost_sales"])
+        assert state.on_hand in outcomes, (sku, state.on_hand, sorted(outcomes))
+        if params[sku]["lost_sales"]:
+            lost_some += state.on_hand > backordered
+        else:
+            assert outcomes == {backordered} and state.on_hand == backordered, sku
         outstanding = {r.decision_id: r.qty for r in reorders if r.sku == sku}
         for receipt in (r for r in receipts if r.sku == sku):
             outstanding[receipt.decision_id] -= receipt.qty  # type: ignore[index]
@@ -489,6 +502,34 @@ def test_kill_9_and_restart_decide_once_and_keep_the_state_exact(run_settings: S
         for k in redis_client.scan_iter(match=f"{config.keyspace}:decision:*", count=1000)
     ]
     assert sorted(d.decision_id for d in recorded if d.kind == "reorder") == sorted(r.decision_id for r in reorders)
+    assert lost_some, "no lost-sales SKU ran out of stock"
+
+
+def on_hand_outcomes(initial: float, sent: list[tuple[str, object]], sku: str, lost_sales: bool) -> set[float]:
+    """The SKU's on hand after its events and receipts in every order the agent may apply them: each topic's records
+    of one SKU in the order produced (one partition, a second delivery of an event skipped), the two topics
+    interleaved in any way. A purchase beyond stock is lost (on hand stops at 0) for a lost-sales SKU, backordered
+    (on hand goes negative) else; returns are restocked (the default)."""
+    events: dict[str, Event] = {}
+    for _, r in sent:
+        if isinstance(r, Event) and r.sku == sku:
+            events.setdefault(r.event_id, r)
+    moves = [list(events.values()), [r for _, r in sent if isinstance(r, Receipt) and r.sku == sku]]
+
+    def step(on_hand: float, record: Event | Receipt) -> float:
+        if isinstance(record, Receipt) or record.type == "return":
+            return on_hand + record.qty
+        return max(on_hand - record.qty, 0.0) if lost_sales else on_hand - record.qty
+
+    reach: dict[tuple[int, int], set[float]] = {(0, 0): {initial}}
+    for i in range(len(moves[0]) + 1):
+        for j in range(len(moves[1]) + 1):
+            here = reach.get((i, j), set())
+            if i < len(moves[0]):
+                reach.setdefault((i + 1, j), set()).update(step(v, moves[0][i]) for v in here)
+            if j < len(moves[1]):
+                reach.setdefault((i, j + 1), set()).update(step(v, moves[1][j]) for v in here)
+    return reach[len(moves[0]), len(moves[1])]
 
 
 def tiny_dqn(path: Path, q_bounds: tuple[float, float]) -> Path:
@@ -582,9 +623,10 @@ def test_purchase_kpis_inventory_totals_and_emitted_records_are_counted(run_sett
         wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the agent to be ready")
         sales = [purchase(a, 3), purchase(a, 9), purchase(a, 1, "return"), purchase(a, 2, "view")]
         send(run_settings, [(topics.events, e) for e in sales])
-        wait_for(lambda: (s := state_of(run_settings, a)) is not None and s.on_hand == -1, what="purchases applied")
+        wait_for(lambda: (s := state_of(run_settings, a)) is not None and s.on_hand == 1, what="purchases applied")
 
-        # 3 of 3 filled; 7 of 9 (a stockout); the return and the view are no demand. The loop counts just after its
+        # 3 of 3 filled; 7 of 9 (a stockout: A loses sales, so the other 2 are lost and on hand stops at 0); the
+        # return (1 back on hand) and the view are no demand. The loop counts just after its
         # transaction commits, so the state can be seen a moment before the counters move: wait for them too.
         def counted() -> list[float]:
             return [metric_value(f"shelfcast_agent_{n}", {}) - b for n, b in zip(names, before, strict=True)]
@@ -602,10 +644,10 @@ def test_purchase_kpis_inventory_totals_and_emitted_records_are_counted(run_sett
         redis_client = connect_redis(run_settings.redis_url)
         totals_key = Keys(config.keyspace).totals
         stored = {k.decode(): float(v) for k, v in redis_client.hgetall(totals_key).items()}  # type: ignore[union-attr]
-        # A is backordered (-1 on hand counts as 0) with its order on the way; P's 100 at the default unit cost 1.0
-        assert stored == pytest.approx({"on_hand": 100, "pipeline": order.qty, "value": 100})
+        # A's 1 on hand at 2.5 with its order on the way; P's 100 at the default unit cost 1.0
+        assert stored == pytest.approx({"on_hand": 101, "pipeline": order.qty, "value": 102.5})
         assert metric(client, "shelfcast_agent_inventory_units", 'kind="pipeline"') == order.qty
-        assert metric_value("shelfcast_agent_inventory_value", {}) == pytest.approx(100)
+        assert metric_value("shelfcast_agent_inventory_value", {}) == pytest.approx(102.5)
 
         redis_client.delete(totals_key)
         AgentLoop(redis_client, run_settings, config)._rebuild_totals()

@@ -229,31 +229,52 @@ def event(kind: str, qty: int) -> Event:
     return Event(event_id=f"{kind}-{qty}", type=kind, sku="S", ts=1_780_000_000_000, qty=qty, price=1, currency="EUR")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("lost_sales", "on_hand_after"),
+    [
+        (True, [3, 0, 0, 2, 0, 0]),  # 3 of 4 lost, then all 2; the return is sellable again, 1 of 3 lost
+        (False, [3, -1, -3, -1, -4, -4]),  # backorders: owed units take the return; the view moves nothing
+    ],
+)
+def test_purchases_beyond_stock_are_lost_or_backordered_as_the_sku_says(
+    lost_sales: bool, on_hand_after: list[float]
+) -> None:
+    state = InventoryState.new("S", params(initial_on_hand=5, lost_sales=lost_sales))
+    events = [("purchase", 2), ("purchase", 4), ("purchase", 2), ("return", 2), ("purchase", 3), ("view", 1)]
+    seen = []
+    for kind, qty in events:
+        assert state.apply_event(event(kind, qty), lost_sales=lost_sales, returns_restock=True) == (kind != "view")
+        seen.append(state.on_hand)
+    assert seen == on_hand_after
+    assert state.purchases == 11 and state.sold_since_decision == 11 and state.returns == 2  # demand, lost or not
+
+
 def test_state_purchases_returns_and_receipts() -> None:
     state = InventoryState.new("S", params(initial_on_hand=5, pricing=PRICING))
     assert state.on_hand == 5 and state.price == 10.0
-    assert state.apply_event(event("purchase", 7), returns_restock=True)
-    assert state.on_hand == -2 and state.sold_since_decision == 7  # sold without stock: owed
-    assert state.apply_event(event("return", 1), returns_restock=True) and state.on_hand == -1
-    assert state.apply_event(event("return", 1), returns_restock=False) and state.on_hand == -1
-    assert not state.apply_event(event("view", 0), returns_restock=True)
+    assert state.apply_event(event("purchase", 7), lost_sales=True, returns_restock=True)
+    assert state.on_hand == 0 and state.sold_since_decision == 7 and state.purchases == 7  # 2 lost, still demand
+    assert state.apply_event(event("return", 1), lost_sales=True, returns_restock=True) and state.on_hand == 1
+    assert state.apply_event(event("return", 1), lost_sales=True, returns_restock=False) and state.on_hand == 1
+    assert state.returns == 2
+    assert not state.apply_event(event("view", 0), lost_sales=True, returns_restock=True)
     state.pipeline = [
         Outstanding(decision_id="S:2", qty=10, ordered_period_ms=2, eta_ms=20, eta_step=12),
         Outstanding(decision_id="S:1", qty=4, ordered_period_ms=1, eta_ms=10, eta_step=11),
     ]
-    assert state.inventory_position == 13
+    assert state.inventory_position == 15
     slots = state.pipeline_slots(current_step=11)
     assert slots[0] == 14  # one due now (overdue counts as next period) and one next period
     receipt = Receipt(receipt_id="r1", sku="S", qty=6, received_at=1_780_000_000_000, decision_id="S:2")
     assert state.apply_receipt(receipt) == "matched"
-    assert [(o.decision_id, o.qty) for o in state.pipeline] == [("S:2", 4), ("S:1", 4)] and state.on_hand == 5
+    assert [(o.decision_id, o.qty) for o in state.pipeline] == [("S:2", 4), ("S:1", 4)] and state.on_hand == 7
     fifo = Receipt(receipt_id="r2", sku="S", qty=6, received_at=1_780_000_000_000)
     assert state.apply_receipt(fifo) == "fifo"  # the oldest ETA first: S:1 (4), then 2 of S:2
-    assert [(o.decision_id, o.qty) for o in state.pipeline] == [("S:2", 2)] and state.on_hand == 11
+    assert [(o.decision_id, o.qty) for o in state.pipeline] == [("S:2", 2)] and state.on_hand == 13
     extra = Receipt(receipt_id="r3", sku="S", qty=5, received_at=1_780_000_000_000, decision_id="S:2")
-    assert state.apply_receipt(extra) == "matched" and state.pipeline == [] and state.on_hand == 16
+    assert state.apply_receipt(extra) == "matched" and state.pipeline == [] and state.on_hand == 18
     unknown = Receipt(receipt_id="r4", sku="S", qty=1, received_at=1_780_000_000_000, decision_id="S:9")
-    assert state.apply_receipt(unknown) == "unmatched" and state.on_hand == 17
+    assert state.apply_receipt(unknown) == "unmatched" and state.on_hand == 19
     state.sold_since_decision = 6
     state.update_demand_rate(2)
     assert state.demand_rate == 3 and state.sold_since_decision == 0

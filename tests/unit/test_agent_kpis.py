@@ -3,6 +3,7 @@
 import pytest
 from prometheus_client import REGISTRY
 
+from shelfcast.contracts import Event
 from shelfcast_agent.monitoring import count_purchases, show_totals
 from shelfcast_agent.settings import SkuParams
 from shelfcast_agent.state import InventoryState, Outstanding, PurchaseFlow, StockTotals, filled_units
@@ -24,6 +25,21 @@ def test_purchase_flow_counts_demand_fill_and_stockouts() -> None:
     for before, qty in [(10, 3), (7, 7), (0, 2), (-2, 1), (5, 6)]:
         flow.add(before, qty)
     assert (flow.demanded, flow.filled, flow.stockouts) == (19, 15, 3)
+
+
+@pytest.mark.parametrize(("lost_sales", "on_hand"), [(True, 0), (False, -6)])
+def test_a_purchase_takes_off_hand_the_units_filled_or_all_when_backordered(lost_sales: bool, on_hand: float) -> None:
+    s, flow = InventoryState(sku="SKU-1", on_hand=4), PurchaseFlow()
+    for i, qty in enumerate((3, 2, 5)):
+        before = s.on_hand
+        sale = Event(
+            event_id=f"e{i}", type="purchase", sku="SKU-1", ts=1_780_000_000_000, qty=qty, price=1.0, currency="EUR"
+        )
+        assert s.apply_event(sale, lost_sales=lost_sales, returns_restock=True)
+        flow.add(before, qty)
+    assert (flow.demanded, flow.filled, flow.stockouts) == (10, 4, 2)  # the same stockouts either way
+    assert s.on_hand == on_hand == 4 - (flow.filled if lost_sales else flow.demanded)
+    assert StockTotals.of_state(s, 2.0) == StockTotals(0, 0, 0)
 
 
 def state(on_hand: float, orders: tuple[float, ...] = ()) -> InventoryState:

@@ -391,7 +391,10 @@ class AgentLoop:
                     continue
                 if isinstance(record, Event):
                     on_hand_before = state.on_hand
-                    if not state.apply_event(record, self.config.returns_restock):
+                    lost_sales = self.catalog(sku).lost_sales
+                    if not state.apply_event(
+                        record, lost_sales=lost_sales, returns_restock=self.config.returns_restock
+                    ):
                         counts[source, "ignored"] += 1
                         continue
                     if record.type == "purchase":

@@ -14,10 +14,13 @@
 
 `{ks}` is `SHELFCAST_AGENT_KEYSPACE` (default `sc:agent`).
 
-Purchases take units off hand (it may go negative: units sold without stock, owed to customers until the next
-receipt); returns put them back when `returns_restock` (the default: a returned unit is sellable again). Receipts put
-units on hand and take them off the pipeline: from the order with their `decision_id` when given, else from the
-oldest outstanding orders first; units beyond what was outstanding are still put on hand.
+Purchases take units off hand as the SKU's `lost_sales` says: for a lost-sales SKU (the default) at most what is on
+hand, the rest of the demand is lost (on hand stops at 0); for a backorder SKU all of it (on hand may go negative:
+units sold without stock, owed to customers until the next receipt). Either way the units not served from stock are a
+stockout (`filled_units`, `PurchaseFlow`). Returns put units back when `returns_restock` (the default: a returned unit
+is sellable again). Receipts put units on hand and take them off the pipeline: from the order with their
+`decision_id` when given, else from the oldest outstanding orders first; units beyond what was outstanding are still
+put on hand.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class InventoryState(_Model):
     sold_since_decision: float = 0.0
     demand_rate: float | None = Field(default=None, description="smoothed units sold per period")
     forecast: StoredForecast | None = None
-    purchases: int = Field(default=0, description="units sold, all time (for audits)")
+    purchases: int = Field(default=0, description="units asked for in purchases, lost ones included, all time")
     returns: int = 0
     received: int = 0
     updated_at: int = 0
@@ -149,10 +152,12 @@ class InventoryState(_Model):
     def inventory_position(self) -> float:
         return self.on_hand + self.on_order
 
-    def apply_event(self, event: Event, returns_restock: bool) -> bool:
-        """A purchase takes units off hand, a return puts them back; other events do not move stock."""
+    def apply_event(self, event: Event, *, lost_sales: bool, returns_restock: bool) -> bool:
+        """A purchase takes units off hand: with ``lost_sales`` only those on hand (demand beyond stock is lost),
+        else all of them (demand beyond stock is backordered: on hand goes negative). A return puts them back when
+        ``returns_restock``; other events do not move stock. True when the event is a purchase or a return."""
         if event.type == "purchase":
-            self.on_hand -= event.qty
+            self.on_hand -= filled_units(self.on_hand, event.qty) if lost_sales else event.qty
             self.sold_since_decision += event.qty
             self.purchases += event.qty
             return True
