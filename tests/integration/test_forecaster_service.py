@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -187,6 +188,54 @@ def test_hot_reload_follows_the_current_pointer(
     assert client.get("/readyz").json()["model_version"] == new_version
     assert 'shelfcast_forecaster_model_reloads_total{outcome="failed"}' in client.get("/metrics/").text
     registry.promote(old.version)  # leave the module's registry as it was
+
+
+class ConsumerThatBreaks:
+    """The real consumer, except that `consume` raises once ``broken`` is set (a fatal client error, a bug)."""
+
+    def __init__(self, consumer: Consumer, broken: threading.Event) -> None:
+        self.consumer, self.broken = consumer, broken
+
+    def consume(self, *args: Any, **kwargs: Any) -> list[Any]:
+        if self.broken.is_set():
+            raise RuntimeError("consumer broke")
+        return self.consumer.consume(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)
+
+
+def test_readyz_answers_503_once_the_scoring_loop_died(
+    run_settings: Settings,
+    config: ForecasterSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken = threading.Event()
+
+    class BreakingLoop(ScoringLoop):
+        def __init__(self, service: ForecastService, settings: Settings) -> None:
+            super().__init__(service, settings)
+            self.consumer = ConsumerThatBreaks(self.consumer, broken)  # type: ignore[assignment]
+
+    monkeypatch.setattr("shelfcast_forecaster.app.ScoringLoop", BreakingLoop)
+    up = "shelfcast_forecaster_scoring_loop_up"
+    with TestClient(create_app(run_settings, config, stream=True)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert REGISTRY.get_sample_value(up) == 1
+        broken.set()
+        thread: threading.Thread = client.app.state.loop_thread  # type: ignore[attr-defined]
+        thread.join(10)
+        assert not thread.is_alive()
+        dead = client.get("/readyz")
+        assert dead.status_code == 503
+        assert dead.json() == {"status": "unavailable", "reason": "scoring loop stopped: RuntimeError: consumer broke"}
+        assert REGISTRY.get_sample_value(up) == 0
+        assert f"{up} 0.0" in client.get("/metrics").text
+    logged = [r for r in caplog.records if "scoring loop stopped" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelname == "ERROR" and logged[0].exc_info is not None
+    assert str(logged[0].exc_info[1]) == "consumer broke"
 
 
 def consume(consumer: Consumer, count: int, timeout: float = 60.0) -> list[bytes]:

@@ -4,7 +4,8 @@
   from the feature store; 404 when the feature store has no history for the SKU.
 - ``POST /v1/forecast`` ``{"skus": [...]}``: the same for up to ``max_request_skus`` SKUs; unknown ones are
   listed, not an error.
-- ``/healthz``, ``/readyz`` (a model is loaded and Redis answers), ``/metrics``.
+- ``/healthz``, ``/readyz`` (the scoring loop's thread is alive when streaming, a model is loaded and Redis
+  answers; a scoring loop ended by an error keeps it at 503 until the process restarts), ``/metrics``.
 A forecast from too little history comes from the Poisson fallback and says so: ``fallback: true``.
 """
 
@@ -55,9 +56,12 @@ def create_app(
         service.reload_if_changed()
         stop = threading.Event()
         threads = [threading.Thread(target=_reload_forever, args=(service, stop), name="reload", daemon=True)]
+        app.state.loop = app.state.loop_thread = None
         if stream:
             loop = ScoringLoop(service, settings)
-            threads.append(threading.Thread(target=loop.run, args=(stop,), name="scoring", daemon=True))
+            app.state.loop = loop
+            app.state.loop_thread = threading.Thread(target=loop.run, args=(stop,), name="scoring", daemon=True)
+            threads.append(app.state.loop_thread)
         for thread in threads:
             thread.start()
         app.state.service = service
@@ -120,9 +124,13 @@ def create_app(
         )
         return JSONResponse(response.model_dump(mode="json"))
 
-    @app.get("/readyz", summary="A model is loaded and Redis answers", responses={503: {}})
+    @app.get("/readyz", summary="The scoring loop runs, a model is loaded and Redis answers", responses={503: {}})
     def readyz(request: Request) -> JSONResponse:
         service: ForecastService = request.app.state.service
+        loop: ScoringLoop | None = request.app.state.loop
+        if loop is not None and not request.app.state.loop_thread.is_alive():
+            why = f": {type(loop.error).__name__}: {loop.error}" if loop.error is not None else ""
+            return JSONResponse({"status": "unavailable", "reason": f"scoring loop stopped{why}"}, status_code=503)
         if service.version is None:
             return JSONResponse({"status": "unavailable", "reason": "no model loaded"}, status_code=503)
         try:

@@ -27,6 +27,10 @@ FRESHNESS_SECONDS = Histogram(
 LAST_FORECAST_TIMESTAMP = Gauge(
     "shelfcast_forecaster_last_forecast_timestamp_seconds", "Unix time of the newest forecast published"
 )
+SCORING_LOOP_UP = Gauge(
+    "shelfcast_forecaster_scoring_loop_up",
+    "1 while the Kafka scoring loop's thread runs, 0 once it has stopped (an error ended it, or shutdown)",
+)
 WINDOWS_CONSUMED = Counter("shelfcast_forecaster_windows_consumed", "Feature windows read", ["outcome"])
 REQUEST_SECONDS = Histogram(
     "shelfcast_forecaster_request_duration_seconds",

@@ -30,6 +30,7 @@ from shelfcast_forecaster.monitoring import (
     LAST_FORECAST_TIMESTAMP,
     MODEL_RELOADS,
     MODEL_VERSION,
+    SCORING_LOOP_UP,
     SCORING_SECONDS,
     WINDOWS_CONSUMED,
     count_live_quality,
@@ -137,19 +138,30 @@ class ScoringLoop:
         self.producer = make_producer(settings)
         self.dead_letters = DeadLetterWriter(self.producer, settings.topics.events_dlq, stage="forecaster")
         self.published = 0
+        self.error: Exception | None = None  # what ended `run`, if an error did
 
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe([self.settings.topics.features])
+        """Consume, score and publish until ``stop`` is set. An error that escapes (retried failures do not) ends
+        the loop: it is logged with its traceback and kept in ``error``, ``shelfcast_forecaster_scoring_loop_up``
+        drops to 0, and the thread ends, so ``/readyz`` answers 503."""
+        SCORING_LOOP_UP.set(1)
         try:
-            while not stop.is_set():
-                windows, messages = self._collect(stop)
-                if windows and not self._publish_until_done(windows, stop):
-                    break  # stopped before the batch was published: leave its offsets uncommitted
-                if messages:
-                    self._commit()
+            self.consumer.subscribe([self.settings.topics.features])
+            try:
+                while not stop.is_set():
+                    windows, messages = self._collect(stop)
+                    if windows and not self._publish_until_done(windows, stop):
+                        break  # stopped before the batch was published: leave its offsets uncommitted
+                    if messages:
+                        self._commit()
+            finally:
+                self.producer.flush(10)
+                self.consumer.close()
+        except Exception as exc:
+            self.error = exc
+            log.exception("the scoring loop stopped: no more forecasts from shelfcast.features until a restart")
         finally:
-            self.producer.flush(10)
-            self.consumer.close()
+            SCORING_LOOP_UP.set(0)
 
     def _commit(self) -> None:
         """Commit what was consumed. A batch retried for longer than ``max.poll.interval.ms`` (Redis away for
