@@ -24,7 +24,7 @@ from shelfcast.demo import drive, observe, summarise
 from shelfcast.pipeline import Pipeline, running_pipeline
 from shelfcast.settings import get_settings
 
-FLAT_GROWTH = 1.25
+FLAT_GROWTH = 1.10
 console = Console()
 
 
@@ -71,7 +71,7 @@ def bench_soak(
     memory = {name: memory_trend(samples) for name, samples in sampler.samples.items()}
     result = {
         "bench": "soak",
-        "load": {**run, "windows_in_redis": windows},
+        "load": {**run, "windows_in_redis": windows, "daily_windows_possible": skus * days},
         "services_alive_at_end": alive,
         "memory": memory,
         "flat": all(m["flat"] for m in memory.values()),
