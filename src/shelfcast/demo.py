@@ -15,7 +15,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +28,7 @@ from shelfcast import trace
 from shelfcast.contracts import Contract, DeadLetter, Event, FeatureWindow, Forecast, PriceChange, Receipt, Reorder
 from shelfcast.demo_report import write_report
 from shelfcast.errors import ShelfcastError
-from shelfcast.kafka import Stamped, make_producer, read_topic
+from shelfcast.kafka import make_producer, read_topic
 from shelfcast.pipeline import START, Pipeline, running_pipeline, simulate_storefront
 from shelfcast.settings import Settings
 from shelfcast.store import FeatureStore, connect_redis, feature_key
@@ -37,19 +36,6 @@ from shelfcast.store import FeatureStore, connect_redis, feature_key
 POISON = [b"{not json", b'{"event_id": "x", "type": "teleport"}', b"\xff\xfe"]
 REPORT_DIR = Path("reports/demo")
 GRANULARITIES = ("1m", "1h", "1d")
-
-
-@dataclass
-class Observed:
-    """What the pipeline's topics and feature store hold after a run."""
-
-    events: list[Stamped[Event]]  # one per event_id, the first sent
-    forecasts: list[Stamped[Forecast]]
-    reorders: list[Stamped[Reorder]]
-    prices: list[Stamped[PriceChange]]
-    receipts: list[Stamped[Receipt]]
-    dead_letters: list[DeadLetter]
-    daily_windows: dict[tuple[str, int], FeatureWindow]  # by (SKU, window end)
 
 
 def run_demo(settings: Settings, skus: int, days: int, seconds_per_day: float, console: Console) -> dict:
@@ -92,20 +78,16 @@ def drive(
     return run, _wait_for_windows(pipeline, skus, console)
 
 
-def summarise(observed: Observed, seconds_per_day: float) -> dict[str, Any]:
+def summarise(observed: trace.Observed, seconds_per_day: float) -> dict[str, Any]:
     """The summary's figures on the pipeline's records: counts, the trace and the end-to-end latency."""
     events = [e.record for e in observed.events]
     forecasts = [f.record for f in observed.forecasts]
     reorders = [r.record for r in observed.reorders]
     late = trace.late_for_daily_windows(observed.dead_letters)
-    windows = {
-        key: {field: getattr(w, field) for field in trace.COUNTED.values()} for key, w in observed.daily_windows.items()
-    }
-    purchases = [e for e in observed.events if e.record.type == "purchase"]
-    to_reorder = trace.purchase_to_reorder_ms(purchases, observed.reorders)
-    after_close = trace.close_to_reorder_ms(observed.events, observed.reorders, trace.WATERMARK_DELAY_MS)
+    windows = {key: {f: getattr(w, f) for f in trace.COUNTED.values()} for key, w in observed.daily_windows.items()}
+    latencies = trace.latencies_ms(observed)
     target = round(2 + seconds_per_day, 3)
-    p99 = trace.percentiles_s(to_reorder)["p99"]
+    p99 = trace.percentiles_s(latencies["purchase_to_reorder"])["p99"]
     return {
         "events": {
             "sent": len(events),
@@ -128,8 +110,7 @@ def summarise(observed: Observed, seconds_per_day: float) -> dict[str, Any]:
         },
         "trace": trace.trace_reorders(reorders, forecasts, windows, trace.daily_event_counts(events, late)),
         "latency": {
-            "purchase_to_reorder_s": trace.percentiles_s(to_reorder),
-            "window_close_to_reorder_s": trace.percentiles_s(after_close),
+            **{f"{name}_s": trace.percentiles_s(values) for name, values in latencies.items()},
             "window_s": seconds_per_day,
             "target_p99_s": target,
             "meets_target": p99 is not None and p99 <= target,
@@ -172,7 +153,7 @@ def _wait_for_windows(pipeline: Pipeline, skus: int, console: Console) -> dict[s
     return counts
 
 
-def observe(settings: Settings, skus: int, days: int, console: Console) -> Observed:
+def observe(settings: Settings, skus: int, days: int, console: Console) -> trace.Observed:
     """Every topic read back (in parallel: each read waits for 5 quiet seconds) and the daily windows."""
     console.print("[bold]reading back[/] every topic and the daily windows")
     topics: dict[str, tuple[str, type[Contract]]] = {
@@ -182,6 +163,7 @@ def observe(settings: Settings, skus: int, days: int, console: Console) -> Obser
         "prices": (settings.topics.prices, PriceChange),
         "receipts": (settings.topics.receipts, Receipt),
         "dead_letters": (settings.topics.events_dlq, DeadLetter),
+        "windows": (settings.topics.features, FeatureWindow),
     }
     with ThreadPoolExecutor(len(topics)) as pool:
         reads = {
@@ -195,8 +177,10 @@ def observe(settings: Settings, skus: int, days: int, console: Console) -> Obser
     for i in range(skus):
         for window in store.windows(_sku(i), "1d", first, last):
             daily[(window.sku, window.window_end)] = window
-    return Observed(
+    daily_at = ((w.at_ms, (w.record.sku, w.record.window_end)) for w in got["windows"] if w.record.granularity == "1d")
+    return trace.Observed(
         events=trace.first_sent(got["events"]),
+        daily_windows_at=trace.first_at(daily_at),
         forecasts=got["forecasts"],
         reorders=got["reorders"],
         prices=got["prices"],
@@ -220,7 +204,7 @@ def _dead_letters(letters: list[DeadLetter]) -> dict[str, dict[str, int]]:
     return {stage: dict(kinds) for stage, kinds in sorted(counts.items())}
 
 
-def _receipts(observed: Observed) -> dict[str, int]:
+def _receipts(observed: trace.Observed) -> dict[str, int]:
     return {"receipts": len(observed.receipts), "units_received": sum(r.record.qty for r in observed.receipts)}
 
 

@@ -10,7 +10,7 @@ import html
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -22,14 +22,11 @@ from matplotlib.axes import Axes
 from shelfcast import trace
 from shelfcast.plots import html_page, save_figure
 
-if TYPE_CHECKING:
-    from shelfcast.demo import Observed
-
 SAMPLE_SKUS = 4
 POLICIES = ("agent", "capped_base_stock")
 
 
-def write_report(out_dir: Path, summary: dict, observed: "Observed", replay: dict) -> Path:
+def write_report(out_dir: Path, summary: dict, observed: trace.Observed, replay: dict) -> Path:
     skus = sample_skus(observed, replay)
     sections = [
         _figures_section(summary),
@@ -44,7 +41,7 @@ def write_report(out_dir: Path, summary: dict, observed: "Observed", replay: dic
     return page
 
 
-def sample_skus(observed: "Observed", replay: dict) -> list[str]:
+def sample_skus(observed: trace.Observed, replay: dict) -> list[str]:
     """The busiest SKUs by units bought, among those the replay has series for (all SKUs without a replay)."""
     units: dict[str, int] = defaultdict(int)
     for window in observed.daily_windows.values():
@@ -71,7 +68,7 @@ def _figures_section(summary: dict) -> str:
     return f"<h2>Figures</h2>\n<table><tbody>{rows}</tbody></table>\n<p class='note'>Also in summary.json.</p>"
 
 
-def _demand_section(out_dir: Path, observed: "Observed", skus: list[str]) -> str:
+def _demand_section(out_dir: Path, observed: trace.Observed, skus: list[str]) -> str:
     if not skus:
         return "<h2>Demand and forecasts</h2><p>No daily windows: nothing to plot.</p>"
     ahead = {(f.record.sku, f.record.start): f.record for f in observed.forecasts}  # the newest for each day wins
@@ -96,7 +93,7 @@ def _demand_section(out_dir: Path, observed: "Observed", skus: list[str]) -> str
     return "<h2>Demand and forecasts</h2>\n" + save_figure(fig, out_dir / "demand.png", "demand vs forecast") + note
 
 
-def _inventory_section(out_dir: Path, observed: "Observed", replay: dict, skus: list[str]) -> str:
+def _inventory_section(out_dir: Path, observed: trace.Observed, replay: dict, skus: list[str]) -> str:
     if not skus:
         return ""
     fig, axes = _grid(len(skus))
@@ -135,7 +132,7 @@ def _inventory_section(out_dir: Path, observed: "Observed", replay: dict, skus: 
     return "<h2>Inventory, reorders, receipts</h2>\n" + save_figure(fig, out_dir / "inventory.png", "inventory") + note
 
 
-def _prices_section(out_dir: Path, observed: "Observed") -> str:
+def _prices_section(out_dir: Path, observed: trace.Observed) -> str:
     changes: dict[str, list] = defaultdict(list)
     for change in observed.prices:
         changes[change.record.sku].append(change.record)
@@ -179,15 +176,14 @@ def _cost_section(out_dir: Path, replay: dict) -> str:
     return "<h2>Cost and fill rate vs capped base-stock</h2>\n" + save_figure(fig, out_dir / "cost.png", "cost") + note
 
 
-def _latency_section(out_dir: Path, observed: "Observed", summary: dict) -> str:
-    purchases = [e for e in observed.events if e.record.type == "purchase"]
-    to_reorder = trace.purchase_to_reorder_ms(purchases, observed.reorders)
+def _latency_section(out_dir: Path, observed: trace.Observed, summary: dict) -> str:
+    latencies = trace.latencies_ms(observed)
+    to_reorder, after_close = latencies["purchase_to_reorder"], latencies["close_to_reorder"]
     if not to_reorder:
         return "<h2>End-to-end latency</h2><p>No purchase led to a reorder.</p>"
     latency = summary["latency"]
     fig, ax = plt.subplots(figsize=(10, 3.2), layout="constrained")
     ax.hist([ms / 1000 for ms in to_reorder], bins=60, label="purchase -> reorder")
-    after_close = trace.close_to_reorder_ms(observed.events, observed.reorders, trace.WATERMARK_DELAY_MS)
     ax.hist([ms / 1000 for ms in after_close], bins=60, alpha=0.7, label="window close -> reorder")
     ax.axvline(latency["target_p99_s"], color="C3", linestyle="--", label="target for p99")
     ax.set_xlabel("seconds (broker timestamps)")

@@ -5,24 +5,51 @@ starting at P, which the forecaster made when the daily window of s ending at P 
 equal the distinct events of s on that day, less those the features job dead-lettered as too late for it.
 Latency is wall time by the broker's timestamps: from ingest producing a purchase to the agent producing the reorder
 it led to (at most one window's wall length plus the processing), and from the window's close (the first event
-past its end plus the watermark delay) to the reorder, which is the processing alone.
+past its end plus the watermark delay) to the reorder, which is the processing alone, in stages: the window on the
+features topic, the forecast, the reorder.
 """
 
 import base64
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
-from shelfcast.contracts import DeadLetter, Event, Forecast, Reorder
+from shelfcast.contracts import DeadLetter, Event, FeatureWindow, Forecast, PriceChange, Receipt, Reorder
 from shelfcast.kafka import Stamped
 
 DAY_MS = 86_400_000
 WATERMARK_DELAY_MS = 5_000  # the features job's default out-of-orderness
 COUNTED = {"view": "views", "click": "clicks", "cart": "carts", "purchase": "purchases", "return": "returns"}
+STAGES = ("close_to_window", "window_to_forecast", "forecast_to_reorder", "close_to_reorder")
 WindowCounts = dict[str, int]  # FeatureWindow count fields: views, clicks, carts, purchases, returns
+
+
+@dataclass
+class Observed:
+    """What the pipeline's topics and feature store hold after a run."""
+
+    events: list[Stamped[Event]]  # one per event_id, the first sent
+    daily_windows: dict[tuple[str, int], FeatureWindow]  # in Redis, by (SKU, window end)
+    daily_windows_at: dict[tuple[str, int], int]  # when each first came out on the features topic
+    forecasts: list[Stamped[Forecast]]
+    reorders: list[Stamped[Reorder]]
+    prices: list[Stamped[PriceChange]]
+    receipts: list[Stamped[Receipt]]
+    dead_letters: list[DeadLetter]
+
+
+def latencies_ms(observed: Observed) -> dict[str, list[int]]:
+    """Purchase -> reorder, and window close -> reorder in its stages (module docstring)."""
+    purchases = [e for e in observed.events if e.record.type == "purchase"]
+    periods = [decision_period(r.record) for r in observed.reorders]
+    closes = window_closes_ms(observed.events, periods, WATERMARK_DELAY_MS)
+    forecasts_at = first_at((f.at_ms, (f.record.sku, f.record.start)) for f in observed.forecasts)
+    stages = stage_latencies_ms(observed.reorders, closes, observed.daily_windows_at, forecasts_at)
+    return {"purchase_to_reorder": purchase_to_reorder_ms(purchases, observed.reorders), **stages}
 
 
 def decision_period(reorder: Reorder) -> int:
@@ -87,22 +114,51 @@ def purchase_to_reorder_ms(purchases: Iterable[Stamped[Event]], reorders: Iterab
     return [r.at_ms - at for r in reorders for at in sent.get(key(r), [])]
 
 
-def close_to_reorder_ms(
-    events: Sequence[Stamped[Event]], reorders: Iterable[Stamped[Reorder]], watermark_delay_ms: int
-) -> list[int]:
-    """For every reorder, from the first event sent with event time past its window's end + the watermark delay
-    (no window can close before it) to the reorder; none for a window no such event ever closed."""
+def window_closes_ms(
+    events: Sequence[Stamped[Event]], periods: Iterable[int], watermark_delay_ms: int
+) -> dict[int, int]:
+    """For each period start P, when the daily window ending at P could first close: the earliest send of an event
+    with event time past P + the watermark delay (none for a window no such event ever closed)."""
     ts = np.array([e.record.ts for e in events], dtype=np.int64)
     order = np.argsort(ts, kind="stable")
     ts = ts[order]
     sent = np.array([e.at_ms for e in events], dtype=np.int64)[order]
     earliest_after = np.minimum.accumulate(sent[::-1])[::-1]  # earliest send among events from here on
-    latencies = []
-    for reorder in reorders:
-        i = int(np.searchsorted(ts, decision_period(reorder.record) + watermark_delay_ms, side="left"))
+    closes = {}
+    for period in set(periods):
+        i = int(np.searchsorted(ts, period + watermark_delay_ms, side="left"))
         if i < len(ts):
-            latencies.append(reorder.at_ms - int(earliest_after[i]))
-    return latencies
+            closes[period] = int(earliest_after[i])
+    return closes
+
+
+def stage_latencies_ms(
+    reorders: Iterable[Stamped[Reorder]],
+    closes: dict[int, int],
+    windows_at: dict[tuple[str, int], int],
+    forecasts_at: dict[tuple[str, int], int],
+) -> dict[str, list[int]]:
+    """Where each reorder's time went after its window could close: to the window on the features topic, to the
+    forecast made from it, to the reorder; and the whole, window close to reorder."""
+    stages: dict[str, list[int]] = {name: [] for name in STAGES}
+    for stamped in reorders:
+        key = (stamped.record.sku, decision_period(stamped.record))
+        close, window, forecast = closes.get(key[1]), windows_at.get(key), forecasts_at.get(key)
+        if close is not None:
+            stages["close_to_reorder"].append(stamped.at_ms - close)
+        if None not in (close, window, forecast):
+            stages["close_to_window"].append(cast(int, window) - cast(int, close))
+            stages["window_to_forecast"].append(cast(int, forecast) - cast(int, window))
+            stages["forecast_to_reorder"].append(stamped.at_ms - cast(int, forecast))
+    return stages
+
+
+def first_at(records: Iterable[tuple[int, tuple[str, int]]]) -> dict[tuple[str, int], int]:
+    """The earliest timestamp of each key: a window re-emitted by a late event, or re-scored, counts when first out."""
+    first: dict[tuple[str, int], int] = {}
+    for at_ms, key in records:
+        first[key] = min(at_ms, first.get(key, at_ms))
+    return first
 
 
 def percentiles_s(latencies_ms: Sequence[int]) -> dict[str, Any]:

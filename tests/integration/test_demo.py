@@ -57,7 +57,9 @@ def test_demo_traces_every_reorder_to_its_forecast_window_and_events_and_reports
     assert traced["window_equals_its_events"] == traced["reorders"]
     assert summary["events"]["sent"] == sum(summary["events"]["by_type"].values())
     latency = summary["latency"]
-    assert latency["purchase_to_reorder_s"]["n"] > 0 and latency["window_close_to_reorder_s"]["n"] > 0
+    assert latency["purchase_to_reorder_s"]["n"] > 0 and latency["close_to_reorder_s"]["n"] == traced["reorders"]
+    stages = ("close_to_window_s", "window_to_forecast_s", "forecast_to_reorder_s")
+    assert all(latency[stage]["n"] > 0 for stage in stages)
     assert 0 < latency["purchase_to_reorder_s"]["p50"] <= latency["purchase_to_reorder_s"]["p99"]
     inventory = summary["inventory"]  # orders of the first days arrive 2 stream days later, the last ones do not
     assert 0 < inventory["receipts"] < decisions["reorders"]

@@ -88,8 +88,20 @@ def test_a_window_closes_with_the_first_event_sent_past_its_end_and_the_watermar
         Stamped(6_000, event("c", "view", P + 9_000)),
         Stamped(5_000, event("d", "view", P + 60_000)),  # sent before c although later in event time
     ]
-    reorders = [Stamped(8_000, reorder("A", P)), Stamped(9_000, reorder("A", P + DAY))]  # nothing closes day P
-    assert trace.close_to_reorder_ms(events, reorders, watermark_delay_ms=5_000) == [3_000]
+    assert trace.window_closes_ms(events, [P, P, P + DAY], watermark_delay_ms=5_000) == {P: 5_000}  # not day P's
+
+
+def test_the_time_after_a_window_closes_splits_into_its_stages() -> None:
+    reorders = [Stamped(9_000, reorder("A", P)), Stamped(9_500, reorder("B", P)), Stamped(9_900, reorder("A", P + DAY))]
+    windows_at = trace.first_at([(6_500, ("A", P)), (6_000, ("A", P)), (6_200, ("B", P))])  # A's re-emitted later
+    assert windows_at == {("A", P): 6_000, ("B", P): 6_200}
+    stages = trace.stage_latencies_ms(reorders, {P: 5_000}, windows_at, {("A", P): 8_000})  # B has no forecast
+    assert stages == {
+        "close_to_window": [1_000],
+        "window_to_forecast": [2_000],
+        "forecast_to_reorder": [1_000],
+        "close_to_reorder": [4_000, 4_500],
+    }
 
 
 def test_percentiles_in_seconds_and_none_without_samples() -> None:
