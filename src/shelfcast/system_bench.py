@@ -74,6 +74,7 @@ def bench_soak(
         "load": {**run, "windows_in_redis": windows, "daily_windows_possible": skus * days},
         "services_alive_at_end": alive,
         "memory": memory,
+        "cpu_cores": sampler.cpu_cores(),
         "flat": all(m["flat"] for m in memory.values()),
         "flat_means": f"median RSS of the last fifth <= {FLAT_GROWTH} x that of the second fifth",
     }
@@ -82,12 +83,14 @@ def bench_soak(
 
 
 class MemorySampler:
-    """Every `every_s`, the resident memory (MB) of each service process tree, in a thread of its own."""
+    """Every `every_s`, the resident memory (MB) and CPU time (s) of each service process tree, in a thread of its
+    own."""
 
     def __init__(self, pipeline: Pipeline, every_s: float) -> None:
         self.processes = {s.name: psutil.Process(s.pid) for s in pipeline.services}
         self.every_s = every_s
         self.samples: dict[str, list[tuple[float, float]]] = {name: [] for name in self.processes}
+        self.cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in self.processes}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = time.monotonic()
@@ -103,15 +106,25 @@ class MemorySampler:
         while not self._stop.wait(self.every_s):
             at = time.monotonic() - self._started
             for name, process in self.processes.items():
-                rss = _tree_rss(process)
-                if rss is not None:
-                    self.samples[name].append((at, rss / 2**20))
+                usage = _tree_usage(process)
+                if usage is not None:
+                    self.samples[name].append((at, usage[0] / 2**20))
+                    self.cpu[name].append((at, usage[1]))
+
+    def cpu_cores(self) -> dict[str, float]:
+        """Mean CPU cores each service tree used between the first and the last sample."""
+        return {
+            name: round((points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]), 2)
+            for name, points in self.cpu.items()
+            if len(points) > 1
+        }
 
 
-def _tree_rss(process: psutil.Process) -> int | None:
+def _tree_usage(process: psutil.Process) -> tuple[int, float] | None:
+    """Resident bytes and CPU seconds (user + system) of a process and its children."""
     try:
         tree = [process, *process.children(recursive=True)]
-        return sum(p.memory_info().rss for p in tree)
+        return sum(p.memory_info().rss for p in tree), sum(sum(p.cpu_times()[:2]) for p in tree)
     except psutil.NoSuchProcess:
         return None
 
