@@ -8,10 +8,12 @@ agent expects it; on leaving it stops every process it started.
 Each service runs as its own `shelfcast ...` process, so the core imports no service.
 """
 
+import csv
 import datetime
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ LEAD_DAYS = 2  # the ERP simulator's for a reorder without expected_at: the agen
 HISTORY_DAYS = 90
 INPUTS = ("views", "clicks", "carts")  # feature-window fields the forecaster reads beside demand
 START = datetime.date(2026, 1, 1)  # the first simulated day the pipeline runs on; history is before it
+PRICE_MOVES = {"elasticity": 1.5, "max_step": 0.05}  # the agent's markdown and scarcity steps, within +-20%
 
 
 @dataclass
@@ -107,6 +110,7 @@ def _start(pipeline: Pipeline, infra: Infra, skus: int, console: Console) -> Non
     start("features", ["features", "run", "--fresh"], None)
     console.print(f"[bold]training[/] the forecaster on {HISTORY_DAYS} simulated days before {START}")
     pipeline.model = _train_forecaster(pipeline, skus)
+    pipeline.env["SHELFCAST_AGENT_SKU_PARAMS"] = str(_write_sku_params(pipeline.settings.state_dir))
     console.print("[bold]starting[/] ingest, the forecaster, the inventory agent and the ERP simulator")
     start("ingest", ["ingest", "serve"], pipeline.ingest_url)
     start("forecaster", ["forecaster", "serve"], pipeline.forecaster_url)
@@ -127,6 +131,23 @@ def _train_forecaster(pipeline: Pipeline, skus: int) -> dict:
     card = json.loads((registry / "current" / "card.json").read_text())
     chosen = card["spec"]["arch"]
     return {"version": card["version"], "arch": chosen, "validation": card["validation"][chosen]}
+
+
+def _write_sku_params(state_dir: Path) -> Path:
+    """The agent's SKU parameters: defaults for costs and lead time, and bounded price moves around each SKU's
+    median price in the training history (the storefront does not react to them: its catalogue is fixed)."""
+    prices: dict[str, list[float]] = {}
+    with (state_dir / "history.csv").open(newline="") as history:
+        for row in csv.DictReader(history):
+            prices.setdefault(row["unique_id"], []).append(float(row["price"]))
+    skus = {}
+    for sku, seen in prices.items():
+        base = round(statistics.median(seen), 2)
+        pricing = {"base_price": base, "min_price": round(0.8 * base, 2), "max_price": round(1.2 * base, 2)}
+        skus[sku] = {"pricing": {**pricing, **PRICE_MOVES}}
+    path = state_dir / "sku_params.json"
+    path.write_text(json.dumps({"defaults": {}, "skus": skus}, indent=1))
+    return path
 
 
 def simulate_storefront(pipeline: Pipeline, skus: int, days: int, seconds_per_day: float) -> None:
