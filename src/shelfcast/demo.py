@@ -71,6 +71,9 @@ def drive(
     started = time.perf_counter()
     try:
         simulate_storefront(pipeline, skus, days, seconds_per_day)
+    except BaseException:
+        poison.cancel()  # a failed run should not wait out the timer
+        raise
     finally:
         poison.join()
     simulated = time.perf_counter() - started
