@@ -26,7 +26,7 @@ from rich.table import Table
 
 from shelfcast import trace
 from shelfcast.contracts import Contract, DeadLetter, Event, FeatureWindow, Forecast, PriceChange, Receipt, Reorder
-from shelfcast.demo_report import write_report
+from shelfcast.demo_report import headline, write_report
 from shelfcast.errors import ShelfcastError
 from shelfcast.kafka import make_producer, read_topic
 from shelfcast.pipeline import START, Pipeline, running_pipeline, simulate_storefront
@@ -234,29 +234,8 @@ def _replay(pipeline: Pipeline) -> dict:
 
 def _print(summary: dict, console: Console) -> None:
     """The headline figures; everything else is in summary.json."""
-    windows, traced, latency = summary["windows_in_redis"], summary["trace"], summary["latency"]
-    cost = summary["cost_vs_baseline"] or {}
-    fill = {policy: (cost.get(policy) or {}).get("fill_rate") for policy in ("agent", "capped_base_stock")}
-    rows = {
-        "events sent": f"{summary['events']['sent']:,}",
-        "feature windows (1m / 1h / 1d)": " / ".join(f"{windows[g]:,}" for g in GRANULARITIES),
-        "dead letters by stage": json.dumps(summary["dead_letters"]),
-        "forecasts (fallback)": f"{summary['forecasts']['published']:,} ({summary['forecasts']['fallback']:,})",
-        "reorders, traced to forecast / window / its events": (
-            f"{traced['reorders']:,}: {traced['with_forecast']:,} / {traced['with_daily_window']:,} / "
-            f"{traced['window_equals_its_events']:,}"
-        ),
-        "receipts": f"{summary['inventory']['receipts']:,}",
-        "purchase -> reorder p50 / p99 (target p99)": (
-            f"{latency['purchase_to_reorder_s']['p50']} s / {latency['purchase_to_reorder_s']['p99']} s "
-            f"({latency['target_p99_s']} s)"
-        ),
-        "cost agent / capped base-stock (replayed)": str(cost.get("cost_ratio")),
-        "fill rate agent, capped base-stock (replayed)": f"{fill['agent']}, {fill['capped_base_stock']}",
-        "wall time": f"{summary['run']['total_seconds']:.0f} s",
-    }
     table = Table("figure", "value", title="Shelfcast demo")
-    for name, value in rows.items():
+    for name, value in headline(summary).items():
         table.add_row(name, value)
     console.print(table)
     console.print(f"report: {REPORT_DIR / 'index.html'}, all figures: {REPORT_DIR / 'summary.json'}")

@@ -41,6 +41,37 @@ def write_report(out_dir: Path, summary: dict, observed: trace.Observed, replay:
     return page
 
 
+def headline(summary: dict) -> dict[str, str]:
+    """The figures a reader wants first, as text: printed by the demo and atop the report."""
+    windows, traced, latency = summary["windows_in_redis"], summary["trace"], summary["latency"]
+    cost = summary["cost_vs_baseline"] or {}
+    fill = {policy: (cost.get(policy) or {}).get("fill_rate") for policy in ("agent", "capped_base_stock")}
+    stage = {name: latency[f"{name}_s"] for name in ("close_to_reorder", "close_to_window")}
+    return {
+        "events sent": f"{summary['events']['sent']:,}",
+        "feature windows (1m / 1h / 1d)": " / ".join(f"{windows[g]:,}" for g in ("1m", "1h", "1d")),
+        "dead letters by stage": json.dumps(summary["dead_letters"]),
+        "forecasts (fallback)": f"{summary['forecasts']['published']:,} ({summary['forecasts']['fallback']:,})",
+        "reorders, traced to forecast / window / its events": (
+            f"{traced['reorders']:,}: {traced['with_forecast']:,} / {traced['with_daily_window']:,} / "
+            f"{traced['window_equals_its_events']:,}"
+        ),
+        "receipts": f"{summary['inventory']['receipts']:,}",
+        "purchase -> reorder p50 / p99 (target p99)": (
+            f"{latency['purchase_to_reorder_s']['p50']} s / {latency['purchase_to_reorder_s']['p99']} s "
+            f"({latency['target_p99_s']} s)"
+        ),
+        "window close -> reorder p50 / p99 (of it, the features job)": (
+            f"{stage['close_to_reorder']['p50']} s / {stage['close_to_reorder']['p99']} s "
+            f"({stage['close_to_window']['p50']} s / {stage['close_to_window']['p99']} s)"
+        ),
+        "price changes": f"{summary['decisions']['price_changes']:,}",
+        "cost agent / capped base-stock (replayed)": str(cost.get("cost_ratio")),
+        "fill rate agent, capped base-stock (replayed)": f"{fill['agent']}, {fill['capped_base_stock']}",
+        "wall time": f"{summary['run']['total_seconds']:.0f} s",
+    }
+
+
 def sample_skus(observed: trace.Observed, replay: dict) -> list[str]:
     """The busiest SKUs by units bought, among those the replay has series for (all SKUs without a replay)."""
     units: dict[str, int] = defaultdict(int)
@@ -60,12 +91,16 @@ def _grid(n: int) -> tuple[Any, list[Axes]]:
 
 
 def _figures_section(summary: dict) -> str:
+    top = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline(summary).items())
     rows = "".join(
         f"<tr><th>{html.escape(key)}</th><td style='text-align:left'><code>{html.escape(json.dumps(value))}</code>"
         "</td></tr>"
         for key, value in summary.items()
     )
-    return f"<h2>Figures</h2>\n<table><tbody>{rows}</tbody></table>\n<p class='note'>Also in summary.json.</p>"
+    return (
+        f"<h2>Headline</h2>\n<table><tbody>{top}</tbody></table>\n"
+        f"<h2>All figures</h2>\n<table><tbody>{rows}</tbody></table>\n<p class='note'>Also in summary.json.</p>"
+    )
 
 
 def _demand_section(out_dir: Path, observed: trace.Observed, skus: list[str]) -> str:
