@@ -70,7 +70,7 @@ def _configuration(settings: Settings, job: FeatureJobSettings, jobmanager: str 
 def _table_config(table_env: StreamTableEnvironment, job: FeatureJobSettings) -> None:
     config = table_env.get_config()
     config.set("table.exec.source.idle-timeout", f"{job.idle_timeout_ms} ms")
-    config.set("table.exec.state.ttl", f"{job.dedupe_ttl_hours} h")
+    config.set("table.exec.state.ttl", f"{job.dedupe_ttl_minutes} min")
     config.set("table.exec.emit.allow-lateness", f"{job.allowed_lateness_ms} ms")
     config.set("table.exec.emit.late-fire.enabled", "true")
     config.set("table.exec.emit.late-fire.delay", "0 s")
@@ -91,8 +91,18 @@ def as_insert_only(table_env: StreamTableEnvironment, table: Table, time_column:
     return table_env.from_changelog_stream(stream, schema.build(), ChangelogMode.insert_only())
 
 
+def bound_local_heap(job: FeatureJobSettings) -> None:
+    """-Xmx for the JVM PyFlink starts on its first call (it hosts the local mini-cluster), unless `JVM_ARGS`
+    sets one; a later -Xmx in Flink's `env.java.opts.all` still wins. No effect once that JVM runs."""
+    jvm_args = os.environ.get("JVM_ARGS", "")
+    if "-Xmx" not in jvm_args:
+        os.environ["JVM_ARGS"] = f"{jvm_args} -Xmx{job.local_heap_mb}m".strip()
+
+
 def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = None) -> StreamExecutionEnvironment:
     (settings.state_dir / "flink" / "tmp").mkdir(parents=True, exist_ok=True)
+    if jobmanager is None:
+        bound_local_heap(job)
     env = StreamExecutionEnvironment.get_execution_environment(_configuration(settings, job, jobmanager))
     env.set_python_executable(sys.executable)
     table_env = StreamTableEnvironment.create(env)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -31,3 +33,18 @@ def test_every_granularity_gets_a_window_and_a_late_branch() -> None:
     # too late = the window's last millisecond plus the allowed lateness is at or behind the watermark
     assert "ts - MOD(ts, 3600000) + 3600000 - 1 + 30000" in dead
     assert dead.count("late: the") == 2
+
+
+def test_the_local_jvm_gets_the_heap_cap_unless_jvm_args_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelfcast_features.job import bound_local_heap
+
+    job = FeatureJobSettings(local_heap_mb=1024)
+    monkeypatch.delenv("JVM_ARGS", raising=False)
+    bound_local_heap(job)
+    assert os.environ["JVM_ARGS"] == "-Xmx1024m"
+    monkeypatch.setenv("JVM_ARGS", "-XX:+UseG1GC")
+    bound_local_heap(job)
+    assert os.environ["JVM_ARGS"] == "-XX:+UseG1GC -Xmx1024m"
+    monkeypatch.setenv("JVM_ARGS", "-Xmx3g")
+    bound_local_heap(job)
+    assert os.environ["JVM_ARGS"] == "-Xmx3g"
