@@ -92,11 +92,12 @@ def as_insert_only(table_env: StreamTableEnvironment, table: Table, time_column:
 
 
 def bound_local_heap(job: FeatureJobSettings) -> None:
-    """-Xmx for the JVM PyFlink starts on its first call (it hosts the local mini-cluster), unless `JVM_ARGS`
-    sets one; a later -Xmx in Flink's `env.java.opts.all` still wins. No effect once that JVM runs."""
+    """A fixed heap (-Xms = -Xmx) for the JVM PyFlink starts on its first call (it hosts the local mini-cluster),
+    unless `JVM_ARGS` sets -Xmx; one in Flink's `env.java.opts.all` still wins. No effect once that JVM runs.
+    Fixed, so that G1 takes it at once instead of growing into it step by step."""
     jvm_args = os.environ.get("JVM_ARGS", "")
     if "-Xmx" not in jvm_args:
-        os.environ["JVM_ARGS"] = f"{jvm_args} -Xmx{job.local_heap_mb}m".strip()
+        os.environ["JVM_ARGS"] = f"{jvm_args} -Xms{job.local_heap_mb}m -Xmx{job.local_heap_mb}m".strip()
 
 
 def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = None) -> StreamExecutionEnvironment:

@@ -30,7 +30,7 @@ class FeatureJobSettings(BaseSettings):
     dedupe_ttl_minutes: int = Field(default=10, ge=1, description="how long an event_id is remembered")
     # The local mini-cluster runs in the JVM PyFlink starts; without -Xmx it takes a quarter of the machine's
     # RAM, and G1 grows into it (6 GB here, its live data under 0.4 GB). Not used with --jobmanager.
-    local_heap_mb: int = Field(default=1536, ge=256, description="-Xmx of the local mini-cluster's JVM")
+    local_heap_mb: int = Field(default=1536, ge=256, description="heap (-Xms = -Xmx) of the local mini-cluster's JVM")
     # Too short, and while catching up on a backlog the partition read first runs the watermark past the
     # others' records, which then count as late. Too long, and one silent partition holds every window open.
     idle_timeout_ms: int = Field(default=30_000, ge=100, description="a partition silent this long holds no watermark")

@@ -41,10 +41,10 @@ def test_the_local_jvm_gets_the_heap_cap_unless_jvm_args_set_one(monkeypatch: py
     job = FeatureJobSettings(local_heap_mb=1024)
     monkeypatch.delenv("JVM_ARGS", raising=False)
     bound_local_heap(job)
-    assert os.environ["JVM_ARGS"] == "-Xmx1024m"
+    assert os.environ["JVM_ARGS"] == "-Xms1024m -Xmx1024m"
     monkeypatch.setenv("JVM_ARGS", "-XX:+UseG1GC")
     bound_local_heap(job)
-    assert os.environ["JVM_ARGS"] == "-XX:+UseG1GC -Xmx1024m"
+    assert os.environ["JVM_ARGS"] == "-XX:+UseG1GC -Xms1024m -Xmx1024m"
     monkeypatch.setenv("JVM_ARGS", "-Xmx3g")
     bound_local_heap(job)
     assert os.environ["JVM_ARGS"] == "-Xmx3g"
