@@ -176,8 +176,8 @@ def _prices_section(out_dir: Path, observed: trace.Observed) -> str:
     busiest = sorted(changes, key=lambda sku: (-len(changes[sku]), sku))[:6]
     fig, ax = plt.subplots(figsize=(10, 3.2), layout="constrained")
     for sku in busiest:
-        steps = sorted(changes[sku], key=lambda c: c.issued_at)
-        x = _days([steps[0].issued_at] + [c.issued_at for c in steps])
+        steps = sorted(changes[sku], key=trace.decision_period)
+        x = _days([trace.decision_period(steps[0])] + [trace.decision_period(c) for c in steps])
         y = [1.0] + [c.new_price / steps[0].old_price for c in steps]
         ax.step(x, y, where="post", marker="o", label=sku)
     ax.set_ylabel("price / price before the first change")

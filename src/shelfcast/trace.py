@@ -52,8 +52,10 @@ def latencies_ms(observed: Observed) -> dict[str, list[int]]:
     return {"purchase_to_reorder": purchase_to_reorder_ms(purchases, observed.reorders), **stages}
 
 
-def decision_period(reorder: Reorder) -> int:
-    return int(reorder.decision_id.rsplit(":", 1)[1])
+def decision_period(decision: Reorder | PriceChange) -> int:
+    """The period start in the agent's `decision_id`: `{sku}:{period}` for a reorder, `{sku}:{period}:price` for a
+    price change (a SKU has no ':')."""
+    return int(decision.decision_id.split(":")[1])
 
 
 def day_end(ts_ms: int) -> int:

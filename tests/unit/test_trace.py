@@ -3,7 +3,7 @@
 import base64
 
 from shelfcast import trace
-from shelfcast.contracts import DeadLetter, Event, Forecast, Reorder
+from shelfcast.contracts import DeadLetter, Event, Forecast, PriceChange, Reorder
 from shelfcast.kafka import Stamped
 from shelfcast.system_bench import FLAT_GROWTH, memory_trend
 
@@ -41,6 +41,16 @@ def late_letter(late: Event, reason: str) -> DeadLetter:
 
 def test_a_decision_period_comes_from_the_decision_id_and_a_day_ends_at_the_next_midnight() -> None:
     assert trace.decision_period(reorder("SKU-00001", P)) == P
+    price = PriceChange(
+        decision_id=f"SKU-00001:{P}:price",
+        sku="SKU-00001",
+        old_price=10.0,
+        new_price=9.5,
+        issued_at=P + DAY,
+        policy="bounded-markdown",
+        reason="markdown",
+    )
+    assert trace.decision_period(price) == P
     assert trace.day_end(P - 1) == P and trace.day_end(P) == P + DAY
 
 
