@@ -182,7 +182,10 @@ def _prices_section(out_dir: Path, observed: trace.Observed) -> str:
         ax.step(x, y, where="post", marker="o", label=sku)
     ax.set_ylabel("price / price before the first change")
     ax.legend(fontsize=8)
-    note = f"<p class='note'>{len(observed.prices)} price changes on {len(changes)} SKUs; the busiest shown.</p>"
+    note = (
+        f"<p class='note'>{len(observed.prices)} price changes on {len(changes)} SKUs, the busiest shown, by decision "
+        "day. The simulated storefront does not react to them: they are decisions only.</p>"
+    )
     return "<h2>Price changes</h2>\n" + save_figure(fig, out_dir / "prices.png", "price changes") + note
 
 
