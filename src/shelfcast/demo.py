@@ -45,17 +45,18 @@ def run_demo(settings: Settings, skus: int, days: int, seconds_per_day: float, c
         observed = observe(pipeline.settings, skus, days, console)
         replay = _replay(pipeline)
         live = _live_inventory(pipeline.agent_url)
+    latencies = trace.latencies_ms(observed)
     summary = {
         "run": {**run, "total_seconds": round(time.perf_counter() - started, 1)},
         "model": pipeline.model,
         "windows_in_redis": windows,
-        **summarise(observed, seconds_per_day),
+        **summarise(observed, latencies, seconds_per_day),
         "inventory": {**_receipts(observed), **live},
         "cost_vs_baseline": replay.get("totals"),
     }
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(REPORT_DIR, summary, observed, replay)
+    write_report(REPORT_DIR, summary, observed, replay, latencies)
     _print(summary, console)
     return summary
 
@@ -81,14 +82,14 @@ def drive(
     return run, _wait_for_windows(pipeline, skus, console)
 
 
-def summarise(observed: trace.Observed, seconds_per_day: float) -> dict[str, Any]:
-    """The summary's figures on the pipeline's records: counts, the trace and the end-to-end latency."""
+def summarise(observed: trace.Observed, latencies: dict[str, list[int]], seconds_per_day: float) -> dict[str, Any]:
+    """The summary's figures on the pipeline's records: counts, the trace and the end-to-end latency
+    (`trace.latencies_ms` of the same records)."""
     events = [e.record for e in observed.events]
     forecasts = [f.record for f in observed.forecasts]
     reorders = [r.record for r in observed.reorders]
     late = trace.late_for_daily_windows(observed.dead_letters)
     windows = {key: {f: getattr(w, f) for f in trace.COUNTED.values()} for key, w in observed.daily_windows.items()}
-    latencies = trace.latencies_ms(observed)
     target = round(2 + seconds_per_day, 3)
     p99 = trace.percentiles_s(latencies["purchase_to_reorder"])["p99"]
     return {

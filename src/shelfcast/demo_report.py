@@ -26,7 +26,9 @@ SAMPLE_SKUS = 4
 POLICIES = ("agent", "capped_base_stock")
 
 
-def write_report(out_dir: Path, summary: dict, observed: trace.Observed, replay: dict) -> Path:
+def write_report(
+    out_dir: Path, summary: dict, observed: trace.Observed, replay: dict, latencies: dict[str, list[int]]
+) -> Path:
     skus = sample_skus(observed, replay)
     sections = [
         _figures_section(summary),
@@ -34,7 +36,7 @@ def write_report(out_dir: Path, summary: dict, observed: trace.Observed, replay:
         _inventory_section(out_dir, observed, replay, skus),
         _prices_section(out_dir, observed),
         _cost_section(out_dir, replay),
-        _latency_section(out_dir, observed, summary),
+        _latency_section(out_dir, latencies, summary),
     ]
     page = out_dir / "index.html"
     page.write_text(html_page("Shelfcast demo", sections), encoding="utf-8")
@@ -214,8 +216,7 @@ def _cost_section(out_dir: Path, replay: dict) -> str:
     return "<h2>Cost and fill rate vs capped base-stock</h2>\n" + save_figure(fig, out_dir / "cost.png", "cost") + note
 
 
-def _latency_section(out_dir: Path, observed: trace.Observed, summary: dict) -> str:
-    latencies = trace.latencies_ms(observed)
+def _latency_section(out_dir: Path, latencies: dict[str, list[int]], summary: dict) -> str:
     to_reorder, after_close = latencies["purchase_to_reorder"], latencies["close_to_reorder"]
     if not to_reorder:
         return "<h2>End-to-end latency</h2><p>No purchase led to a reorder.</p>"

@@ -20,6 +20,7 @@ import psutil
 import typer
 from rich.console import Console
 
+from shelfcast import trace
 from shelfcast.demo import drive, observe, summarise
 from shelfcast.pipeline import Pipeline, running_pipeline
 from shelfcast.settings import get_settings
@@ -38,7 +39,7 @@ def bench_e2e(
     with running_pipeline(get_settings(), skus, console, name="bench-e2e") as pipeline:
         run, _ = drive(pipeline, skus, days, seconds_per_day, console)
         observed = observe(pipeline.settings, skus, days, console)
-    figures = summarise(observed, seconds_per_day)
+    figures = summarise(observed, trace.latencies_ms(observed), seconds_per_day)
     latency = figures["latency"]
     p99 = latency["purchase_to_reorder_s"]["p99"]
     result = {
