@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(default=None, description="a file with one API key per line")
 
     ingest_port: int = Field(default=8080, ge=1, le=65535)
+    max_clock_skew_s: int = Field(
+        default=300,
+        ge=0,
+        le=366 * 86_400,
+        description="how far ahead of a service's own clock a record's time may be before it is rejected as future_ts",
+    )
 
     def load_api_keys(self) -> set[str]:
         """Keys from `SHELFCAST_API_KEYS` and, when set, `SHELFCAST_API_KEYS_FILE` (blank lines and # ignored)."""
