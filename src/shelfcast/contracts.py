@@ -72,6 +72,11 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 Money = Annotated[float, Field(ge=0, le=10_000_000)]
+# The most units one SKU may plausibly move in one period (forecast quantiles, orders, receipts): ten million. A
+# best-selling grocery item sells a few hundred thousand units a day across a national chain; anything above this is
+# a unit or overflow error (1e300 from a broken model), never demand to order against.
+MAX_UNITS = 10_000_000
+Units = Annotated[float, Field(ge=0, le=MAX_UNITS)]
 Count = Annotated[int, Field(ge=0)]
 Granularity = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*[smhd]$")]
 QuantileName = Annotated[str, StringConstraints(pattern=r"^p([1-9]|[1-9][0-9])$")]
@@ -192,8 +197,9 @@ class Forecast(Contract):
     horizon: int = Field(ge=1, le=366)
     freq: Label
     start: EpochMs = Field(description="start of the first forecast period: the one after the newest data used")
-    quantiles: dict[QuantileName, list[Annotated[float, Field(ge=0)]]] = Field(
-        description="e.g. {p10: [...], p50: [...], p90: [...]}, each list `horizon` long"
+    quantiles: dict[QuantileName, list[Units]] = Field(
+        description=f"e.g. {{p10: [...], p50: [...], p90: [...]}}, each list `horizon` long; units per period,"
+        f" finite, 0..{MAX_UNITS:,}"
     )
     fallback: bool = Field(default=False, description="issued by a fallback model, not the trained one")
 
@@ -216,11 +222,11 @@ class Reorder(Contract):
 
     decision_id: Identifier
     sku: Sku
-    qty: int = Field(ge=1, le=10_000_000)
+    qty: int = Field(ge=1, le=MAX_UNITS)
     issued_at: EpochMs
     policy: Label
     policy_version: Label
-    inventory_position: float
+    inventory_position: float = Field(ge=-10 * MAX_UNITS, le=10 * MAX_UNITS, description="on hand + on order, units")
     reason: Reason
     expected_at: EpochMs | None = Field(
         default=None,
@@ -245,7 +251,7 @@ class Receipt(Contract):
 
     receipt_id: Identifier
     sku: Sku
-    qty: int = Field(ge=1, le=10_000_000)
+    qty: int = Field(ge=1, le=MAX_UNITS)
     received_at: EpochMs
     decision_id: Identifier | None = Field(default=None, description="the reorder this receipt fulfils")
 

@@ -5,7 +5,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shelfcast.contracts import DeadLetter, Event, FeatureWindow, Forecast
+from shelfcast.contracts import (
+    MAX_UNITS,
+    Contract,
+    DeadLetter,
+    Event,
+    FeatureWindow,
+    Forecast,
+    PriceChange,
+    Receipt,
+    Reorder,
+)
 from shelfcast.errors import ContractError
 
 VALID_EVENT = {
@@ -129,3 +139,68 @@ def test_forecast_quantiles_must_match_the_horizon_and_not_cross() -> None:
         Forecast.from_bytes(forecast({"p10": [1, 1], "p90": [2, 2]}))
     with pytest.raises(ContractError, match=r"quantiles\.p5x"):
         Forecast.from_bytes(forecast({"p5x": [1, 1], "p50": [2, 2]}))
+
+
+@pytest.mark.parametrize(
+    ("p50", "reason"),
+    [
+        (1e300, "less than or equal to 10000000"),
+        (10_000_000.5, "less than or equal to 10000000"),
+        ("NaN", "finite"),
+        ("Infinity", "finite"),
+        (-1.0, "greater than or equal to 0"),
+    ],
+)
+def test_forecast_quantiles_are_finite_plausible_units(p50: object, reason: str) -> None:
+    with pytest.raises(ContractError) as caught:
+        Forecast.from_bytes(forecast({"p50": [2, p50]}))
+    assert "quantiles.p50.1: " in str(caught.value) and reason in str(caught.value)
+
+
+def test_nan_literal_bytes_in_a_forecast_are_a_contract_error() -> None:
+    raw = forecast({"p50": [2, 3]}).replace(b"[2, 3]", b"[2, NaN]")
+    with pytest.raises(ContractError, match="quantiles"):
+        Forecast.from_bytes(raw)
+
+
+def test_forecast_quantiles_at_the_ceiling_are_accepted() -> None:
+    assert Forecast.from_bytes(forecast({"p50": [0, MAX_UNITS]})).quantiles["p50"] == [0, MAX_UNITS]
+
+
+REORDER = {
+    "decision_id": "A:1",
+    "sku": "A",
+    "qty": 5,
+    "issued_at": 1795506300000,
+    "policy": "capped-base-stock",
+    "policy_version": "1",
+    "inventory_position": 3.0,
+    "reason": "test",
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "record", "field"),
+    [
+        (Reorder, REORDER | {"qty": MAX_UNITS + 1}, "qty"),
+        (Reorder, REORDER | {"qty": 0}, "qty"),
+        (Reorder, REORDER | {"inventory_position": 1e300}, "inventory_position"),
+        (Receipt, {"receipt_id": "r", "sku": "A", "qty": MAX_UNITS + 1, "received_at": 1795506300000}, "qty"),
+        (
+            PriceChange,
+            {
+                "decision_id": "A:1:price",
+                "sku": "A",
+                "old_price": 1.0,
+                "new_price": 1e300,
+                "issued_at": 1795506300000,
+                "policy": "p",
+                "reason": "r",
+            },
+            "new_price",
+        ),
+    ],
+)
+def test_orders_receipts_and_prices_are_bounded(model: type[Contract], record: dict, field: str) -> None:
+    with pytest.raises(ContractError, match=f"{field}: "):
+        model.from_bytes(json.dumps(record))
