@@ -114,6 +114,30 @@ def test_ndjson_batch_and_single_object(client: TestClient, scoped: Settings) ->
     assert sorted(e.event_id for _, e in topic_events(scoped, 3)) == ["e-0", "e-2", "e-9"]
 
 
+def test_an_event_dated_past_the_clock_skew_is_rejected_alone(client: TestClient, scoped: Settings) -> None:
+    now_ms = int(time.time() * 1000)
+    skew_ms = scoped.max_clock_skew_s * 1000
+    batch = [
+        event(0, ts=now_ms),
+        event(1, ts=now_ms + 30 * 86_400_000),  # a storefront clock a month ahead
+        event(2, ts=now_ms + skew_ms - 60_000),  # within the skew
+        event(3, ts=now_ms - 86_400_000),
+    ]
+    response = client.post("/v1/events", json=batch, headers=AUTH)
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 3
+    [future] = response.json()["rejected"]
+    assert future["index"] == 1
+    [error] = future["errors"]
+    assert error["field"] == "ts" and error["reason"].startswith("future_ts:")
+
+    only_future = client.post("/v1/events", json=[event(5, ts=now_ms + skew_ms + 60_000)], headers=AUTH)
+    assert only_future.status_code == 422
+    assert only_future.json()["rejected"][0]["errors"][0]["field"] == "ts"
+
+    assert sorted(e.event_id for _, e in topic_events(scoped, 3)) == ["e-0", "e-2", "e-3"]
+
+
 def test_bad_requests_get_structured_4xx(client: TestClient) -> None:
     malformed = client.post("/v1/events", content=b"{oops", headers={**AUTH, "Content-Type": "application/json"})
     assert malformed.status_code == 400

@@ -7,6 +7,7 @@ acks=all producer and the response waits for the broker's acknowledgement of eve
 """
 
 import hmac
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -103,29 +104,51 @@ def _parse(body: bytes, content_type: str) -> tuple[list[Any], list[RejectedEven
     raise ApiError(400, "malformed_request", "body must be an event object or an array of events")
 
 
-def _validate_request(body: bytes, content_type: str) -> tuple[list[Event], list[RejectedEvent]]:
-    """The valid events and the rejections, in request order."""
+def _validate_request(body: bytes, content_type: str, max_ts_ms: int) -> tuple[list[Event], list[RejectedEvent]]:
+    """The valid events and the rejections, in request order. An event whose `ts` is after `max_ts_ms`
+    (ingest's clock plus the allowed skew) is rejected: one wrong storefront clock must not move event time."""
     if not _is_ndjson(content_type) and body.lstrip()[:1] == b"[":
         try:  # the common case, a valid batch, in one pass of pydantic-core over the raw bytes
-            return _EVENT_LIST.validate_json(body), []
+            return reject_future(list(enumerate(_EVENT_LIST.validate_json(body))), [], max_ts_ms)
         except ValidationError:
             pass  # the per-event path below says which events are wrong and why
     items, bad_lines = _parse(body, content_type)
     if not items:
         raise ApiError(400, "empty_batch", "no events in the request")
-    return _validate(items, bad_lines)
+    return _validate(items, bad_lines, max_ts_ms)
 
 
-def _validate(items: list[Any], bad_lines: list[RejectedEvent]) -> tuple[list[Event], list[RejectedEvent]]:
+def _validate(
+    items: list[Any], bad_lines: list[RejectedEvent], max_ts_ms: int
+) -> tuple[list[Event], list[RejectedEvent]]:
     skip = {r.index for r in bad_lines}
-    accepted, rejected = [], list(bad_lines)
+    valid, rejected = [], list(bad_lines)
     for index, item in enumerate(items):
         if index in skip:
             continue
         try:
-            accepted.append(Event.model_validate(item))
+            valid.append((index, Event.model_validate(item)))
         except ValidationError as exc:
             rejected.append(RejectedEvent(index=index, errors=[FieldError(**e) for e in field_errors(exc)]))
+    return reject_future(valid, rejected, max_ts_ms)
+
+
+def reject_future(
+    valid: list[tuple[int, Event]], rejected: list[RejectedEvent], max_ts_ms: int
+) -> tuple[list[Event], list[RejectedEvent]]:
+    """Moves the events dated after `max_ts_ms` from `valid` to `rejected` (field `ts`, reason `future_ts`).
+
+    `max_ts_ms` is ingest's clock plus `SHELFCAST_MAX_CLOCK_SKEW_S`."""
+    accepted = []
+    for index, event in valid:
+        if event.ts <= max_ts_ms:
+            accepted.append(event)
+        else:
+            reason = (
+                f"future_ts: {event.ts} is more than SHELFCAST_MAX_CLOCK_SKEW_S ahead of ingest's clock"
+                f" (latest allowed {max_ts_ms})"
+            )
+            rejected.append(RejectedEvent(index=index, errors=[FieldError(field="ts", reason=reason)]))
     return accepted, sorted(rejected, key=lambda r: r.index)
 
 
@@ -189,7 +212,9 @@ def create_app(settings: Settings | None = None, ingest: IngestSettings | None =
     )
     async def post_events(request: Request, _auth: Annotated[None, Depends(require_api_key)]) -> Response:
         body = await _read_body(request, ingest.max_body_bytes)
-        accepted, rejected = _validate_request(body, request.headers.get("content-type", "application/json"))
+        max_ts_ms = int(time.time() * 1000) + settings.max_clock_skew_s * 1000
+        content_type = request.headers.get("content-type", "application/json")
+        accepted, rejected = _validate_request(body, content_type, max_ts_ms)
         received = len(accepted) + len(rejected)
         if received == 0:
             raise ApiError(400, "empty_batch", "no events in the request")
