@@ -4,10 +4,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from shelfcast.infra import free_port, start_kafka, start_redis
 from shelfcast.kafka import ensure_topics
 from shelfcast.settings import Settings
+
+READ_KEY = "it-read-key"  # the read API key of the forecaster and agent apps the tests start
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,13 @@ def settings(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.Temp
         redis_url=redis_url,
         kafka_session_timeout_ms=6_000,  # the embedded broker's group join takes about half of this
         state_dir=Path(tmp_path_factory.mktemp("state")),
+        read_api_keys=[SecretStr(READ_KEY)],
     )
     ensure_topics(configured)
     return configured
+
+
+@pytest.fixture(scope="session")
+def read_auth() -> dict[str, str]:
+    """The header that reads the forecaster's and the agent's APIs of apps built from `settings`."""
+    return {"Authorization": f"Bearer {READ_KEY}"}

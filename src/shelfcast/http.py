@@ -1,12 +1,17 @@
-"""HTTP pieces every service shares: structured JSON errors and request-latency middleware."""
+"""HTTP pieces every service shares: structured JSON errors, API-key checks and request-latency middleware."""
 
+import hmac
 import time
+from collections.abc import Callable, Iterable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Histogram, make_asgi_app
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shelfcast.errors import ShelfcastError
+from shelfcast.settings import Settings
 
 
 class ErrorBody(BaseModel):
@@ -27,6 +32,43 @@ class ApiError(Exception):
 def error_response(exc: ApiError) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(code=exc.code, message=exc.message))
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=exc.headers)
+
+
+UNAUTHORIZED = {"model": ErrorResponse, "description": "missing or invalid API key (Authorization: Bearer <key>)"}
+
+
+def bearer_key_check(keys: Iterable[str], realm: str) -> Callable[[Request], None]:
+    """A FastAPI dependency that accepts only `Authorization: Bearer <one of keys>`, else answers 401 with
+    `WWW-Authenticate`. An empty `keys` accepts nothing. The 401 says the same whatever was presented."""
+    accepted = [k.encode() for k in keys]
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
+
+    def require_key(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        presented = token.strip().encode()
+        # Compare against every key, without stopping early, so timing says nothing about which matched.
+        matched = False
+        for key in accepted:
+            matched |= hmac.compare_digest(presented, key)
+        if scheme.lower() != "bearer" or not presented or not matched:
+            raise ApiError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)", challenge)
+
+    return require_key
+
+
+def read_key_check(settings: Settings, realm: str) -> Callable[[Request], None]:
+    """The dependency of the read APIs (forecaster, agent). Fails closed at start-up: no read key configured, or a
+    key that is also an ingest write key, is an error, never an open or a shared-secret API."""
+    read_keys = settings.load_read_api_keys()
+    if not read_keys:
+        raise ShelfcastError(
+            f"{realm}: no read API key configured: set SHELFCAST_READ_API_KEYS or SHELFCAST_READ_API_KEYS_FILE"
+        )
+    if read_keys & settings.load_api_keys():
+        raise ShelfcastError(
+            f"{realm}: a read API key is also an ingest write key (SHELFCAST_API_KEYS): use separate keys"
+        )
+    return bearer_key_check(read_keys, realm)
 
 
 class RequestTimer:

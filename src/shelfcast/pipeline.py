@@ -41,6 +41,7 @@ class Pipeline:
     settings: Settings
     env: dict[str, str]
     api_key: str
+    read_key: str  # reads the forecaster's and the agent's APIs; the ingest key above does not
     ingest_url: str
     forecaster_url: str
     agent_url: str
@@ -75,16 +76,17 @@ def running_pipeline(settings: Settings, skus: int, console: Console, name: str 
     """Start everything (progress on `console`), yield the pipeline, stop everything even on failure."""
     own = own_servers(settings, name)
     infra = Infra(own)
-    api_key = secrets.token_urlsafe(16)
+    api_key, read_key = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     env = {
         "SHELFCAST_KAFKA_BOOTSTRAP": own.kafka_bootstrap,
         "SHELFCAST_REDIS_URL": own.redis_url,
         "SHELFCAST_STATE_DIR": str(own.state_dir),
         "SHELFCAST_API_KEYS": json.dumps([api_key]),
+        "SHELFCAST_READ_API_KEYS": json.dumps([read_key]),
         "SHELFCAST_FORECASTER_REGISTRY": str(own.state_dir / "models"),
     }
     urls = {service: f"http://127.0.0.1:{free_port()}" for service in ("ingest", "forecaster", "agent")}
-    pipeline = Pipeline(own, env, api_key, urls["ingest"], urls["forecaster"], urls["agent"])
+    pipeline = Pipeline(own, env, api_key, read_key, urls["ingest"], urls["forecaster"], urls["agent"])
     try:
         _start(pipeline, infra, skus, console)
         yield pipeline

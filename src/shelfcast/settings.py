@@ -36,6 +36,10 @@ class Settings(BaseSettings):
 
     api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list of accepted API keys")
     api_keys_file: Path | None = Field(default=None, description="a file with one API key per line")
+    read_api_keys: list[SecretStr] = Field(
+        default_factory=list, description="JSON list of keys that read the forecaster's and the agent's APIs"
+    )
+    read_api_keys_file: Path | None = Field(default=None, description="a file with one read API key per line")
 
     ingest_port: int = Field(default=8080, ge=1, le=65535)
     max_clock_skew_s: int = Field(
@@ -47,13 +51,21 @@ class Settings(BaseSettings):
 
     def load_api_keys(self) -> set[str]:
         """Keys from `SHELFCAST_API_KEYS` and, when set, `SHELFCAST_API_KEYS_FILE` (blank lines and # ignored)."""
-        keys = {k.get_secret_value() for k in self.api_keys}
-        if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    keys.add(line)
-        return keys
+        return _load_keys(self.api_keys, self.api_keys_file)
+
+    def load_read_api_keys(self) -> set[str]:
+        """Read keys from `SHELFCAST_READ_API_KEYS` and `SHELFCAST_READ_API_KEYS_FILE`, as `load_api_keys`."""
+        return _load_keys(self.read_api_keys, self.read_api_keys_file)
+
+
+def _load_keys(listed: list[SecretStr], file: Path | None) -> set[str]:
+    keys = {k.get_secret_value() for k in listed}
+    if file is not None:
+        for line in file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.add(line)
+    return keys
 
 
 @lru_cache

@@ -154,7 +154,9 @@ def last_decision(settings: Settings, sku: str) -> LastDecision | None:
 
 
 @pytest.fixture()
-def agent(run_settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, AgentSettings, dict[str, str]]]:
+def agent(
+    run_settings: Settings, tmp_path: Path, read_auth: dict[str, str]
+) -> Iterator[tuple[TestClient, AgentSettings, dict[str, str]]]:
     """The agent's app with its decision loop on this test's topics; SKU names unique to the test (their state
     keys `sc:inv:{sku}` are shared by the session's Redis)."""
     run = uid()
@@ -165,7 +167,7 @@ def agent(run_settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, 
         names["C"]: {"initial_on_hand": 0, "moq": 20, "case_pack": 6},
     }
     config = agent_config(tmp_path, skus, missing_forecast_grace_s=0.5, forecast_max_age_s=86_400)
-    with TestClient(create_app(run_settings, config)) as client:
+    with TestClient(create_app(run_settings, config), headers=read_auth) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the agent to be ready")
         yield client, config, names
 

@@ -93,8 +93,8 @@ def config(registry: ModelRegistry) -> ForecasterSettings:
 
 
 @pytest.fixture()
-def client(run_settings: Settings, config: ForecasterSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(run_settings, config, stream=False)) as test_client:
+def client(run_settings: Settings, config: ForecasterSettings, read_auth: dict[str, str]) -> Iterator[TestClient]:
+    with TestClient(create_app(run_settings, config, stream=False), headers=read_auth) as test_client:
         yield test_client
 
 

@@ -242,6 +242,7 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
         "SHELFCAST_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
         "SHELFCAST_STATE_DIR": str(tmp_path / "state"),
         "SHELFCAST_API_KEYS": json.dumps([api_key]),
+        "SHELFCAST_READ_API_KEYS": json.dumps(sorted(settings.load_read_api_keys())),
         **{f"SHELFCAST_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
         "SHELFCAST_FEATURES_GROUP_ID": f"it-obs-features-{run}",
         "SHELFCAST_FEATURES_METRICS_PORT": str(ports["features"]),
@@ -305,7 +306,8 @@ def feed(pipeline: Pipeline, log: Path) -> None:
         f"{pipeline.urls['forecaster']}/v1/forecast/SKU-00000",
         f"{pipeline.urls['inventory-agent']}/v1/inventory/SKU-00000",
     ):
-        httpx.get(url)  # any status: the latency histograms count API routes, not only /metrics
+        # any status: the latency histograms count API routes, not only /metrics
+        httpx.get(url, headers={"Authorization": f"Bearer {next(iter(pipeline.settings.load_read_api_keys()))}"})
 
 
 def without_data(prom: Prometheus, queries: list[PanelQuery]) -> tuple[list[str], list[PanelQuery], list[str]]:

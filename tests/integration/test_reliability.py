@@ -124,8 +124,8 @@ class Service:
     process: ManagedProcess
     url: str
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=5, follow_redirects=True)
+    def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=5, follow_redirects=True, headers=headers)
 
     def log_since(self, offset: int) -> str:
         return Path(self.process.log).read_text(errors="replace")[offset:]
@@ -201,6 +201,7 @@ def service_env(settings: Settings, registry: Path, api_key: str) -> dict[str, s
         "SHELFCAST_REDIS_URL": settings.redis_url,
         "SHELFCAST_STATE_DIR": str(settings.state_dir),
         "SHELFCAST_API_KEYS": json.dumps([api_key]),
+        "SHELFCAST_READ_API_KEYS": json.dumps(sorted(settings.load_read_api_keys())),
         **{f"SHELFCAST_TOPICS__{k.upper()}": v for k, v in settings.topics.model_dump().items()},
         "SHELFCAST_FORECASTER_REGISTRY": str(registry),
         "SHELFCAST_FORECASTER_GROUP_ID": f"it-rel-forecaster-{run}",
@@ -333,7 +334,9 @@ def gauge(metrics: dict, name: str) -> float:
     return metrics.get((name, ()), 0.0)
 
 
-def test_redis_outage_ingest_accepts_and_the_forecaster_and_agent_recover_without_loss(stack: Stack) -> None:
+def test_redis_outage_ingest_accepts_and_the_forecaster_and_agent_recover_without_loss(
+    stack: Stack, read_auth: dict[str, str]
+) -> None:
     run = uid()
     before, during, after = ([f"{group}{i}-{run}" for i in range(3)] for group in "ABC")
     held = [f"H{i}-{run}" for i in range(3)]  # forecasts the agent consumes while Redis is down
@@ -378,7 +381,7 @@ def test_redis_outage_ingest_accepts_and_the_forecaster_and_agent_recover_withou
             ready = service.get("/readyz")
             assert ready.status_code == 503 and ready.json()["reason"].startswith("Redis"), ready.text
         for service, path in ((stack.forecaster, "/v1/forecast/"), (stack.agent, "/v1/inventory/")):
-            answer = service.get(f"{path}{before[0]}")  # what they serve comes from Redis: 503, retry later
+            answer = service.get(f"{path}{before[0]}", read_auth)  # served from Redis: 503, retry later
             assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.text
             assert answer.json()["error"]["code"] == "redis_unavailable"
         time.sleep(max(0.0, HOLD_S - (time.monotonic() - met_at)))  # the outage lasts; this asserts nothing

@@ -18,13 +18,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from shelfcast.contracts import SKU_PATTERN, Forecast
-from shelfcast.http import ApiError, ErrorResponse, service_app
+from shelfcast.http import UNAUTHORIZED, ApiError, ErrorResponse, read_key_check, service_app
 from shelfcast.settings import Settings, get_settings
 from shelfcast.store import connect_redis
 from shelfcast_forecaster.monitoring import REQUEST_SECONDS
@@ -49,6 +49,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     config = config or ForecasterSettings()
+    require_read_key = Depends(read_key_check(settings, "shelfcast-forecaster"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +78,7 @@ def create_app(
         REQUEST_SECONDS,
     )
     errors = {
+        401: UNAUTHORIZED,
         404: {"model": ErrorResponse, "description": "no history for this SKU in the feature store"},
         503: {"model": ErrorResponse, "description": "no model trained yet, or Redis unavailable"},
     }
@@ -86,6 +88,7 @@ def create_app(
         response_model=Forecast,
         responses={**errors, 422: {"description": "not a valid SKU"}},  # type: ignore[dict-item]
         summary="The latest forecast of one SKU",
+        dependencies=[require_read_key],
     )
     async def get_forecast(request: Request, sku: Annotated[str, Path(pattern=SKU_PATTERN)]) -> Response:
         service: ForecastService = request.app.state.service
@@ -105,6 +108,7 @@ def create_app(
         response_model=BatchResponse,
         responses={**errors, 413: {"model": ErrorResponse, "description": "too many SKUs"}},  # type: ignore[dict-item]
         summary="Forecasts of many SKUs",
+        dependencies=[require_read_key],
     )
     def post_forecasts(request: Request, body: BatchRequest) -> JSONResponse:
         if len(body.skus) > config.max_request_skus:

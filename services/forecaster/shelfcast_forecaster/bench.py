@@ -38,6 +38,8 @@ from shelfcast_forecaster.scoring import Demand, Scorer
 from shelfcast_forecaster.service import ForecastService, cache_key
 from shelfcast_forecaster.settings import ForecasterSettings
 
+READ_KEY = "bench-read-key"  # the read API key of the forecaster process the benchmark starts
+
 DAY_MS = 86_400_000
 ORIGIN_MS = 1_780_000_000_000 // DAY_MS * DAY_MS
 HISTORY_DAYS = 60
@@ -105,7 +107,8 @@ def _windows(d: Demand) -> list[FeatureWindow]:
 async def _latencies(base_url: str, skus: list[str], progress: Progress, label: str) -> np.ndarray:
     task = progress.add_task(f"GET one SKU at a time: {label}", total=len(skus))
     out = []
-    async with aiohttp.ClientSession(base_url=base_url, connector=aiohttp.TCPConnector(limit=1)) as client:
+    auth = {"Authorization": f"Bearer {READ_KEY}"}
+    async with aiohttp.ClientSession(base_url, connector=aiohttp.TCPConnector(limit=1), headers=auth) as client:
         for sku in skus:
             started = time.perf_counter()
             async with client.get(f"/v1/forecast/{sku}") as response:
@@ -159,7 +162,11 @@ def run_bench(skus: int, store_skus: int, requests: int, rounds: int, arch: str)
             progress.advance(task)
 
             port = free_port()
-            env = {"SHELFCAST_REDIS_URL": redis_server.address, "SHELFCAST_FORECASTER_REGISTRY": str(registry.root)}
+            env = {
+                "SHELFCAST_REDIS_URL": redis_server.address,
+                "SHELFCAST_FORECASTER_REGISTRY": str(registry.root),
+                "SHELFCAST_READ_API_KEYS": json.dumps([READ_KEY]),
+            }
             args = ["forecaster", "serve", "--no-stream", "--port", str(port)]
             base_url = f"http://127.0.0.1:{port}"
             server = start_service("forecaster", args, env, f"{base_url}/readyz", Path(tmp) / "forecaster.log")

@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from shelfcast.contracts import SKU_PATTERN
-from shelfcast.http import ApiError, ErrorResponse, service_app
+from shelfcast.http import UNAUTHORIZED, ApiError, ErrorResponse, read_key_check, service_app
 from shelfcast.settings import Settings, get_settings
 from shelfcast.store import connect_redis
 from shelfcast_agent.monitoring import REQUEST_SECONDS
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
     settings = settings or get_settings()
     config = config or AgentSettings()
     catalog = SkuCatalog.from_file(config.sku_params)  # a bad file fails here, before serving
+    require_read_key = Depends(read_key_check(settings, "shelfcast-agent"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,11 +62,13 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
     @app.get(
         "/v1/inventory/{sku}",
         responses={
+            401: UNAUTHORIZED,
             404: {"model": ErrorResponse, "description": "the agent has no state for this SKU"},
             422: {"description": "not a valid SKU"},
             503: {"model": ErrorResponse, "description": "Redis unavailable"},
         },
         summary="The inventory state of one SKU",
+        dependencies=[require_read_key],
     )
     def get_inventory(request: Request, sku: Annotated[str, Path(pattern=SKU_PATTERN)]) -> JSONResponse:
         try:
