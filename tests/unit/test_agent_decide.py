@@ -11,10 +11,12 @@ from scipy import stats
 
 from shelfcast.contracts import Event, Receipt
 from shelfcast_agent.decide import (
+    DemandError,
     PeriodClock,
     PolicyAnswer,
     SkuView,
     apply_budget,
+    cap_to_recent_demand,
     capped_base_stock,
     decision_id,
     feasible_floor,
@@ -29,7 +31,7 @@ from shelfcast_agent.decide import (
 from shelfcast_agent.env import MAX_LEAD, InventorySim, State
 from shelfcast_agent.instances import Pricing
 from shelfcast_agent.settings import SkuCatalog, SkuParams, SkuParamsError
-from shelfcast_agent.state import InventoryState, Outstanding
+from shelfcast_agent.state import CorruptState, InventoryState, Outstanding, parse_state
 
 FLAT = {"p10": [2.0] * 7, "p50": [5.0] * 7, "p90": [8.0] * 7}
 PRICING = Pricing(base_price=10.0, elasticity=1.5, max_step=0.1, min_price=7.0, max_price=12.0)
@@ -281,3 +283,73 @@ def test_state_purchases_returns_and_receipts() -> None:
     state.sold_since_decision = 5
     state.update_demand_rate(1)
     assert state.demand_rate == 4
+
+
+@pytest.mark.parametrize(
+    "quantiles",
+    [
+        {"p10": [1.0] * 3, "p50": [1e300] * 3, "p90": [1e300] * 3},  # the width overflows: variance inf
+        {"p50": [1e300] * 3},  # Poisson: mean^2 / var overflows the gamma's shape
+        {"p10": [1.0], "p50": [float("nan")], "p90": [3.0]},
+    ],
+)
+def test_quantiles_that_overflow_raise_a_demand_error_instead_of_ordering(quantiles: dict) -> None:
+    with pytest.raises(DemandError, match="not a finite number") as caught:
+        capped_base_stock(0.0, quantiles, params(), source="forecast lstm v1")
+    assert "from forecast lstm v1" in str(caught.value)
+
+
+def test_huge_finite_quantiles_are_capped_by_recent_demand_not_max_order() -> None:
+    """p10..p90 = 1e300 (all equal, so finite): capped base-stock alone wants max_order (the 10,000-unit reorder)."""
+    huge = {"p10": [1e300] * 7, "p50": [1e300] * 7, "p90": [1e300] * 7}
+    plan = capped_base_stock(0.0, huge, params())
+    assert plan.qty == 10_000  # what reached the ERP before the guard
+    sold = cap_to_recent_demand(plan, params(), recent_per_period=4.0, multiple=10.0, floor_units=25)
+    assert sold.qty == 40 and sold.order_up_to == plan.order_up_to
+    assert sold.reason.startswith(plan.reason)
+    assert "capped from 10000 to 40 by recent demand: at most 10 x 1 x 4.00 sold per period, or 25 units" in sold.reason
+    cold = cap_to_recent_demand(plan, params(case_pack=6), recent_per_period=0.0, multiple=10.0, floor_units=25)
+    assert cold.qty == 24 and "or 25 units" in cold.reason  # the floor, made feasible (whole case packs)
+    review = cap_to_recent_demand(plan, params(), recent_per_period=4.0, multiple=10.0, floor_units=0, review=2)
+    assert review.qty == 80
+
+
+def test_orders_within_the_recent_demand_limit_are_untouched() -> None:
+    plan = capped_base_stock(0.0, FLAT, params())
+    assert 0 < plan.qty <= 40
+    assert cap_to_recent_demand(plan, params(), 4.0, 10.0, 0) is plan
+    assert cap_to_recent_demand(plan, params(), float("nan"), 10.0, 100) is plan  # not finite: the floor holds
+
+
+def test_recent_demand_is_the_smoothed_rate_or_the_latest_sales_rate() -> None:
+    state = InventoryState(sku="A", sold_since_decision=6.0)
+    assert state.recent_demand(3) == 2.0 and state.recent_demand(0) == 6.0
+    state.demand_rate = 5.0
+    assert state.recent_demand(3) == 5.0 and state.recent_demand(1) == 6.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"{not json", "Invalid JSON"),
+        (b'{"sku": "A", "on_hand": "lots"}', "on_hand"),
+        (b'{"sku": "A", "on_hand": NaN}', "on_hand: Input should be a finite number"),
+        (b'{"sku": "B", "on_hand": 1}', "it holds SKU 'B'"),
+        (b'{"on_hand": 1}', "sku: Field required"),
+    ],
+)
+def test_corrupt_stored_state_names_the_key_and_the_problem(raw: bytes, problem: str) -> None:
+    with pytest.raises(CorruptState) as caught:
+        parse_state("A", raw)
+    assert str(caught.value).startswith("corrupt state sc:inv:A: ") and problem in str(caught.value)
+
+
+def test_valid_stored_state_parses() -> None:
+    state = InventoryState(sku="A", on_hand=3.0)
+    assert parse_state("A", state.model_dump_json().encode()) == state
+
+
+def test_the_catalog_knows_only_listed_skus() -> None:
+    catalog = SkuCatalog({"lead_time": 3}, {"A": {"moq": 2}})
+    assert catalog.knows("A") and not catalog.knows("B")
+    assert catalog("B").lead_time.max == 3  # unknown SKUs still get the defaults when asked

@@ -14,11 +14,15 @@ Capped base-stock from forecast quantiles (the default policy, and the fallback 
    period (capped base-stock: one bad period cannot trigger a huge order), and at least 0; then made feasible by
    `env.feasible_order` (0, or MOQ rounded up to whole case packs, at most max_order).
 
-Guardrails applied after the policy: a budget per period (the order is cut down to the largest feasible quantity
-that fits; the reason says so) and price bounds. The price rule (SKUs with `pricing` only): one step down
-(`max_step`, not below `min_price`) when the position after ordering is above `markdown_above` x S; one step up
-when the position before ordering is below S, up to the base price, or up to `max_price` when it is below
-`scarce_below` x S; otherwise hold.
+Guardrails applied after the policy: an order is at most `multiple` x R x the SKU's recent sales per period, never
+capped below an absolute floor of units (so a SKU with no sales yet can still order; `cap_to_recent_demand`: the
+forecast-based cap of step 4 cannot catch a forecast that is itself wrong); a budget per period (the order is cut
+down to the largest feasible quantity that fits; the reason says so) and price bounds. Quantiles whose demand is not
+a finite number raise `DemandError`: the caller dead-letters the record that carried them.
+
+The price rule (SKUs with `pricing` only): one step down (`max_step`, not below `min_price`) when the position after
+ordering is above `markdown_above` x S; one step up when the position before ordering is below S, up to the base
+price, or up to `max_price` when it is below `scarce_below` x S; otherwise hold.
 """
 
 from __future__ import annotations
@@ -141,6 +145,11 @@ def gamma_quantile(mean: float, var: float, level: float) -> float:
     return float(gammaincinv(shape, level) * scale)
 
 
+class DemandError(ValueError):
+    """Quantiles from which no order can be computed (their demand overflows to inf or NaN): the record that carried
+    them is dead-lettered with this message, never ordered against."""
+
+
 # ---------------------------------------------------------------------------------------------------- orders
 @dataclass(frozen=True)
 class OrderPlan:
@@ -176,9 +185,15 @@ def capped_base_stock(
 ) -> OrderPlan:
     """The capped base-stock order (module docstring, steps 1-4); `source` describes the demand in the reason."""
     periods = params.protection_periods + review
-    mean, var, _ = protection_demand(quantiles, first_step, periods)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as a DemandError
+        mean, var, _ = protection_demand(quantiles, first_step, periods)
     level = params.fractile
-    order_up_to = float(math.ceil(gamma_quantile(mean, var, level) - 1e-9))
+    quantile = gamma_quantile(mean, var, level) if math.isfinite(mean) and math.isfinite(var) else math.nan
+    if not math.isfinite(quantile):
+        raise DemandError(
+            f"demand over {periods} periods is not a finite number (mean {mean:g}, variance {var:g}) from {source}"
+        )
+    order_up_to = float(math.ceil(quantile - 1e-9))
     per_period = mean / periods
     cap = max(params.cap_multiple * review * per_period, float(max(params.moq, params.case_pack, 1)))
     wanted = max(order_up_to - position, 0.0)
@@ -202,6 +217,25 @@ def _rounding_note(wanted: float, qty: int, params: SkuParams) -> str:
     rules += [f"case pack {params.case_pack}"] if params.case_pack > 1 else []
     rules += [f"max order {params.max_order}"] if wanted > params.max_order else []
     return f"; {round(wanted)} made feasible ({', '.join(rules) or 'whole units'}): {qty}"
+
+
+def cap_to_recent_demand(
+    plan: OrderPlan, params: SkuParams, recent_per_period: float, multiple: float, floor_units: float, review: int = 1
+) -> OrderPlan:
+    """Cut an order above `multiple` x `review` x the SKU's recent sales per period (at least `floor_units`) to the
+    largest feasible quantity within that limit; the reason says so."""
+    recent = max(recent_per_period, 0.0) if math.isfinite(recent_per_period) else 0.0
+    limit = max(multiple * review * recent, floor_units)
+    if plan.qty <= limit:
+        return plan
+    allowed = feasible_floor(limit, params)
+    reason = (
+        f"{plan.reason}; capped from {plan.qty} to {allowed} by recent demand: at most {multiple:g} x {review} x"
+        f" {recent:.2f} sold per period, or {floor_units:g} units"
+    )
+    return OrderPlan(
+        allowed, plan.wanted, plan.order_up_to, plan.cap, plan.position, plan.mean_per_period, reason, plan.budget_cut
+    )
 
 
 def apply_budget(plan: OrderPlan, params: SkuParams, remaining: float | None) -> OrderPlan:

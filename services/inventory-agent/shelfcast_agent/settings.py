@@ -15,7 +15,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,14 @@ class AgentSettings(BaseSettings):
         default=600, gt=0, description="after the period clock moves, how long SKUs may wait for their forecast"
     )
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    wall_clock: bool = Field(
+        default=False,
+        description="the decision clock also follows the wall clock (production: periods pass with no traffic);"
+        " off, it follows the newest forecast period and purchase/return time, so replays of past days work",
+    )
+    decision_freq: str = Field(
+        default="D", description="decision period of purchase- and wall-clock-driven periods before any forecast"
+    )
     budget_per_period: float | None = Field(default=None, gt=0, description="sum of unit_cost * qty per period")
     q_value_limit: float = Field(default=1e6, gt=0, description="DQN answers with |Q| above this are not trusted")
     markdown_above: float = Field(default=1.5, gt=1, description="price down one step when position > this x S")
@@ -64,6 +72,15 @@ class AgentSettings(BaseSettings):
         default=10, ge=0, le=500, description="broker-side wait of an idle fetch (decision latency when idle)"
     )
     flush_timeout_s: float = Field(default=30.0, gt=0)
+    max_order_demand_multiple: float = Field(
+        default=10.0, gt=0, le=1_000, description="orders are capped at this x review x recent sales per period"
+    )
+    max_order_floor_units: int = Field(
+        default=100, ge=0, le=10_000_000, description="the recent-demand cap never goes below this (cold-start SKUs)"
+    )
+    unknown_sku: Literal["default", "dead_letter"] = Field(
+        default="default", description="records of SKUs not in the SKU parameter file: default parameters, or DLQ"
+    )
 
 
 class SkuParams(OrderRules):
@@ -150,6 +167,10 @@ class SkuCatalog:
 
     def __call__(self, sku: str) -> SkuParams:
         return self._params.get(sku, self.defaults)
+
+    def knows(self, sku: str) -> bool:
+        """Whether the file lists the SKU (an unlisted one gets the defaults)."""
+        return sku in self._params
 
     def listed(self) -> list[str]:
         return sorted(self._params)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shelfcast.contracts import Event, Forecast, Receipt
 from shelfcast_agent.env import MAX_LEAD
@@ -67,7 +67,7 @@ class Keys:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Outstanding(_Model):
@@ -208,12 +208,35 @@ class InventoryState(_Model):
             slots[ahead - 1] += order.qty
         return slots
 
+    def recent_demand(self, periods: int) -> float:
+        """Units sold per period lately: the smoothed rate or, when higher, the rate since the last decision
+        (`periods` ago; a SKU never decided counts what it sold so far as one period)."""
+        since = self.sold_since_decision / max(periods, 1)
+        return max(self.demand_rate or 0.0, since)
+
     def update_demand_rate(self, periods: int) -> None:
         """Fold the units sold since the last decision into the smoothed sales rate (alpha 0.5)."""
         if periods > 0:
             rate = self.sold_since_decision / periods
             self.demand_rate = rate if self.demand_rate is None else 0.5 * rate + 0.5 * self.demand_rate
         self.sold_since_decision = 0.0
+
+
+class CorruptState(ValueError):
+    """A stored `sc:inv:{sku}` that does not parse as the SKU's `InventoryState`."""
+
+
+def parse_state(sku: str, raw: bytes) -> InventoryState:
+    """The stored state of `sku`; `CorruptState` (naming the key and the problem) when it is not valid JSON of an
+    `InventoryState` of this SKU with finite numbers."""
+    try:
+        state = InventoryState.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(value)'}: {e['msg']}" for e in exc.errors())
+        raise CorruptState(f"corrupt state {inventory_key(sku)}: {problems}"[:1000]) from None
+    if state.sku != sku:
+        raise CorruptState(f"corrupt state {inventory_key(sku)}: it holds SKU {state.sku[:80]!r}")
+    return state
 
 
 class DecisionRecord(_Model):
