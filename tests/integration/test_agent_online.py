@@ -166,7 +166,8 @@ def agent(
         names["P"]: {"initial_on_hand": 100, "pricing": PRICING},
         names["C"]: {"initial_on_hand": 0, "moq": 20, "case_pack": 6},
     }
-    config = agent_config(tmp_path, skus, missing_forecast_grace_s=0.5, forecast_max_age_s=86_400)
+    # purchases move the decision clock too: the grace lets a forecast sent just after them decide their period
+    config = agent_config(tmp_path, skus, missing_forecast_grace_s=5.0, forecast_max_age_s=86_400)
     with TestClient(create_app(run_settings, config), headers=read_auth) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the agent to be ready")
         yield client, config, names

@@ -2,7 +2,9 @@
 
 - ``GET /v1/inventory/{sku}``: the SKU's inventory state (`sc:inv:{sku}`): on hand, pipeline, inventory position,
   price, the last decision and its reason, the parameters it is decided with; 404 when the agent has no state.
-- ``/healthz``; ``/readyz`` (Redis answers, the loop runs and has its partitions); ``/metrics``.
+- ``/healthz``; ``/readyz``: 503 with the reason unless Redis answers, the loop's thread runs and its consumer holds
+  partitions; 200 says whether the newest decision fell back for want of a fresh forecast (`deciding_on_fallbacks`)
+  and the newest forecast's age; ``/metrics``.
 """
 
 from __future__ import annotations
@@ -103,7 +105,11 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
                 return JSONResponse({"status": "unavailable", "reason": "decision loop stopped"}, status_code=503)
             if not loop.ready.is_set():
                 return JSONResponse({"status": "unavailable", "reason": "no partitions assigned yet"}, status_code=503)
-        return JSONResponse({"status": "ready", "policy": loop.policy_name if loop is not None else None})
+            if not loop.assigned():
+                reason = "the consumer holds no partition now (rebalancing, or it lost its group)"
+                return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+            return JSONResponse({"status": "ready", "policy": loop.policy_name, **loop.fallback_status()})
+        return JSONResponse({"status": "ready", "policy": None})
 
     return app
 

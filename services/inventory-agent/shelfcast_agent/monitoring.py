@@ -68,6 +68,24 @@ EMITTED = Counter(
     "Decision records acknowledged by the broker, by topic (reorders, prices); re-sent ones count again",
     ["topic"],
 )
+SKU_DECISIONS = Counter(
+    "shelfcast_agent_sku_decisions",
+    "SKU-periods decided (orders and holds), on forecasts or fallbacks; one series from the start, so that an alert"
+    " can see it not increase",
+)
+NEWEST_FORECAST = Gauge(
+    "shelfcast_agent_newest_forecast_timestamp_seconds",
+    "issued_at of the newest forecast the agent consumed (kept in Redis across restarts); until one comes, when the"
+    " agent started waiting for one (its decision clock's first period, or its start)",
+)
+FORECAST_MAX_AGE = Gauge(
+    "shelfcast_agent_forecast_max_age_seconds",
+    "The agent's forecast_max_age_s: a forecast older than this is stale and the agent decides on a fallback",
+)
+CLOCK_PERIOD = Gauge(
+    "shelfcast_agent_decision_period_start_timestamp_seconds",
+    "Start of the decision clock's current period (forecast periods, purchase/return time, optionally the wall clock)",
+)
 EMITTED_TOPIC = {"reorder": "reorders", "price": "prices"}
 for _topic in EMITTED_TOPIC.values():
     EMITTED.labels(topic=_topic)  # exposed at 0 before the first decision

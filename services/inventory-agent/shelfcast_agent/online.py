@@ -65,6 +65,7 @@ from shelfcast.contracts import Contract, Event, Forecast, PriceChange, Receipt,
 from shelfcast.errors import ContractError
 from shelfcast.kafka import DeadLetterWriter, make_consumer, make_producer
 from shelfcast.settings import Settings
+from shelfcast.store import FeatureStore
 from shelfcast_agent.decide import (
     BASE_STOCK,
     BASE_STOCK_VERSION,
@@ -82,19 +83,24 @@ from shelfcast_agent.decide import (
     price_rule,
 )
 from shelfcast_agent.env import InventorySim, State
+from shelfcast_agent.fallback import DAY_MS, GRANULARITY, LOOKBACK_DAYS, daily_fallback
 from shelfcast_agent.monitoring import (
     BATCH_SECONDS,
     BUDGET_CUTS,
+    CLOCK_PERIOD,
     CONFLICTS,
     DECISION_SECONDS,
     DECISIONS,
     EMITTED,
     EMITTED_TOPIC,
     FALLBACKS,
+    FORECAST_MAX_AGE,
     LAST_DECISION_TIMESTAMP,
+    NEWEST_FORECAST,
     ORDER_UNITS,
     RECORDS,
     RECOVERED,
+    SKU_DECISIONS,
     STATE_SKUS,
     count_purchases,
     show_totals,
@@ -114,6 +120,7 @@ from shelfcast_agent.state import (
 
 log = logging.getLogger(__name__)
 SOURCES: dict[str, type[Contract]] = {"forecast": Forecast, "event": Event, "receipt": Receipt}
+FORECAST_FALLBACKS = ("missing_forecast", "stale_forecast")
 
 
 def now_ms() -> int:
@@ -179,6 +186,13 @@ class AgentLoop:
         self._inflight: set[str] = set()
         self._next_sweep = 0.0
         self._next_recover = 0.0
+        clock_for(config.decision_freq, config.review_periods)  # an unusable decision_freq fails at start
+        self.features = FeatureStore(client)
+        self.last_demand: tuple[str | None, float] | None = None  # (fallback reason or None, wall time)
+        self._decisions_counted = 0
+        FORECAST_MAX_AGE.set(config.forecast_max_age_s)
+        self.newest_forecast_s = time.time()  # until the clock in Redis says otherwise: waiting since the start
+        NEWEST_FORECAST.set(self.newest_forecast_s)
 
     @property
     def policy_name(self) -> str:
@@ -250,6 +264,8 @@ class AgentLoop:
         if now >= self._next_recover:
             self._next_recover = now + self.config.sweep_interval_s
             self._retrying(self._recover_pending)
+        SKU_DECISIONS.inc(self.decisions_made - self._decisions_counted)
+        self._decisions_counted = self.decisions_made
 
     def _retrying(self, action: Any) -> Any:
         """Run `action` until it gets through Redis (None if stopped first); watched-key conflicts rerun at once."""
@@ -357,6 +373,7 @@ class AgentLoop:
             letters = []
             clock_period = int(clock.get("period_ms", 0))
             clock_freq = clock.get("freq")
+            newest_forecast = newest_event = 0
             for msg, source, record, problem in parsed:
                 tp, offset = (cast(str, msg.topic()), cast(int, msg.partition())), cast(int, msg.offset())
                 stored = stored_offsets.get(tp)
@@ -375,7 +392,8 @@ class AgentLoop:
                     touched.add(sku)
                     state.store_forecast(record)
                     period = clock_for(record.freq, self.config.review_periods).period_start(record.start)
-                    if period > clock_period:
+                    newest_forecast = max(newest_forecast, record.issued_at)
+                    if period > clock_period and self._not_ahead(period, now):
                         clock_period, clock_freq = period, record.freq
                     last = state.last_decision_period_ms
                     pending = triggers.get(sku)
@@ -399,18 +417,21 @@ class AgentLoop:
                         continue
                     if record.type == "purchase":
                         flow.add(on_hand_before, record.qty)
+                    if self._not_ahead(record.ts, now):
+                        newest_event = max(newest_event, record.ts)
                     counts[source, record.type] += 1
                 else:
                     counts[source, f"receipt_{state.apply_receipt(cast(Receipt, record))}"] += 1
                 new_ids.add(key)
                 touched.add(sku)
 
+            clock_update = self._clock_update(clock, clock_period, clock_freq, newest_event, newest_forecast, now)
             if sweep is not None:
                 period, freq, swept = sweep
                 for sku in swept:
-                    last = states[sku].last_decision_period_ms
-                    if last is None or period > last:
-                        triggers[sku] = Trigger(period, freq, None, consumed_at)
+                    swept_trigger = self._sweep_trigger(states[sku], period, freq, consumed_at)
+                    if swept_trigger is not None:
+                        triggers[sku] = swept_trigger
 
             if letters:  # at-least-once: acknowledged before the offsets that skip them are stored
                 for msg, why in letters:
@@ -440,8 +461,8 @@ class AgentLoop:
                 tx.set(self.keys.budget(period), repr(total), ex=self.config.decision_ttl_s)
             if outcome.offsets:
                 tx.mset({self.keys.offset(t, p): o for (t, p), o in outcome.offsets.items()})
-            if clock_period > int(clock.get("period_ms", 0)):
-                tx.hset(self.keys.clock, mapping={"period_ms": clock_period, "freq": clock_freq, "advanced_at_ms": now})
+            if clock_update:
+                tx.hset(self.keys.clock, mapping=clock_update)
             change = sum((self._stock(states[s]) - before.get(s, StockTotals()) for s in touched), StockTotals())
             if touched:  # last in the transaction: their answers are the new totals
                 for name, delta in change.fields().items():
@@ -486,9 +507,10 @@ class AgentLoop:
             return []
         plans: dict[str, tuple[OrderPlan, str | None, str, str]] = {}
         views: list[SkuView] = []
+        history = self._daily_history(triggers, now)
         for sku in sorted(triggers):
             trigger, state, params = triggers[sku], states[sku], self.catalog(sku)
-            quantiles, first_step, source, fallback = self._demand(trigger, state, params, now)
+            quantiles, first_step, source, fallback = self._demand(trigger, state, params, now, history.get(sku))
             plan = capped_base_stock(
                 state.inventory_position, quantiles, params, self.config.review_periods, first_step, source
             )
@@ -520,35 +542,56 @@ class AgentLoop:
         return decided
 
     def _demand(
-        self, trigger: Trigger, state: InventoryState, params: SkuParams, now: int
+        self,
+        trigger: Trigger,
+        state: InventoryState,
+        params: SkuParams,
+        now: int,
+        daily: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[dict[str, list[float]], int, str, str | None]:
         """Quantiles to decide on, the first step that lies in the decision period, a description, and the reason
-        for falling back (None when the forecast is fresh)."""
+        for falling back (None when the forecast is fresh). Without a fresh forecast: the newest one while it still
+        covers the period and is not stale, else the SKU's daily windows (`daily`: their starts and units), else its
+        sales rate, else its default demand."""
+        answer = self._demand_source(trigger, state, params, now, daily)
+        self.last_demand = (answer[3], time.time())
+        return answer
+
+    def _demand_source(
+        self,
+        trigger: Trigger,
+        state: InventoryState,
+        params: SkuParams,
+        now: int,
+        daily: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[dict[str, list[float]], int, str, str | None]:
         clock = clock_for(trigger.freq, self.config.review_periods)
         step = clock.step(trigger.period_ms)
+        max_age_ms = self.config.forecast_max_age_s * 1000
         forecast = trigger.forecast
+        stale: tuple[dict[str, list[float]], int, str] | None = None
         if forecast is not None:
             first = max(step - clock.step(forecast.start), 0)
             kept = describe_forecast(forecast.model, forecast.model_version, forecast.fallback)
             age_s = (now - forecast.issued_at) / 1000
-            if age_s > self.config.forecast_max_age_s:
-                return (
-                    dict(forecast.quantiles),
-                    first,
-                    f"{kept}, stale: {age_s / 3600:.1f} h old",
-                    ("stale_forecast"),
-                )
-            return dict(forecast.quantiles), first, kept, None
-        stored = state.forecast
-        if stored is not None and stored.freq == trigger.freq:
+            if now - forecast.issued_at <= max_age_ms:
+                return dict(forecast.quantiles), first, kept, None
+            stale = (dict(forecast.quantiles), first, f"{kept}, stale: {age_s / 3600:.1f} h old")
+        elif (stored := state.forecast) is not None and stored.freq == trigger.freq:
             elapsed = step - clock.step(stored.start)
             if 0 <= elapsed < len(stored.quantiles["p50"]):
-                return (
-                    stored.quantiles,
-                    elapsed,
-                    f"{stored.describe()}, the newest (none for this period)",
-                    ("missing_forecast"),
-                )
+                if now - stored.issued_at <= max_age_ms:
+                    note = f"{stored.describe()}, the newest (none for this period)"
+                    return stored.quantiles, elapsed, note, "missing_forecast"
+                age_h = (now - stored.issued_at) / 3_600_000
+                stale = (stored.quantiles, elapsed, f"{stored.describe()}, the newest, stale: {age_h:.1f} h old")
+        why = "stale_forecast" if stale is not None else "missing_forecast"
+        step_days = (clock.step_start(step + 1) - clock.step_start(step)) / DAY_MS
+        windows = daily_fallback(*daily, trigger.period_ms, step_days) if daily is not None else None
+        if windows is not None:
+            return windows.quantiles, 0, f"{windows.describe(step_days)} ({why.replace('_', ' ')})", why
+        if stale is not None:
+            return *stale, why
         rate = state.demand_rate
         if rate is None and state.sold_since_decision > 0:
             rate = state.sold_since_decision  # one period of sales so far
@@ -557,9 +600,23 @@ class AgentLoop:
                 poisson_quantiles(params.default_demand, 1),
                 0,
                 (f"default demand {params.default_demand:g} per period (no forecast, no sales history)"),
-                "missing_forecast",
+                why,
             )
-        return poisson_quantiles(rate, 1), 0, f"sales rate {rate:.2f} per period (no forecast)", "missing_forecast"
+        return poisson_quantiles(rate, 1), 0, f"sales rate {rate:.2f} per period (no forecast)", why
+
+    def _daily_history(self, triggers: dict[str, Trigger], now: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Daily windows (starts, units) of the SKUs without a fresh forecast, in one pipelined round trip. Windows
+        that cannot be read as numbers leave their SKUs to the next fallback (sales rate, default demand)."""
+        max_age_ms = self.config.forecast_max_age_s * 1000
+        skus = [s for s, t in triggers.items() if t.forecast is None or now - t.forecast.issued_at > max_age_ms]
+        if not skus:
+            return {}
+        try:
+            found = self.features.latest_values(skus, GRANULARITY, 2 * LOOKBACK_DAYS, ["units"])
+        except (ValueError, KeyError, TypeError) as exc:  # Redis errors propagate: the batch is retried
+            log.warning("daily windows of %d SKUs unreadable (%s); deciding on their sales rate", len(skus), exc)
+            return {}
+        return {sku: (starts, values[:, 0]) for sku, (starts, values) in found.items() if starts.size}
 
     def _learned(self, views: list[SkuView], plans: dict[str, tuple[OrderPlan, str | None, str, str]]) -> None:
         """The learned policy's orders for `views`, in place of the base-stock plans unless its answer is bad."""
@@ -808,20 +865,90 @@ class AgentLoop:
 
     # ------------------------------------------------------------------------------------------------ sweep
     def _sweep(self) -> None:
-        """Decide, with the fallback, for SKUs whose forecast for the clock's period has not come within
-        `missing_forecast_grace_s` of the clock reaching it."""
+        """Decide, with a fallback, for the SKUs not yet decided in the clock's period once `missing_forecast_grace_s`
+        has passed since the clock reached it (their forecast did not come in time)."""
         clock = {k.decode(): v.decode() for k, v in cast(dict, self.redis.hgetall(self.keys.clock)).items()}
         STATE_SKUS.set(cast(int, self.redis.zcard(self.keys.skus)))
-        if not clock:
+        if "forecast_ms" in clock:
+            self.newest_forecast_s = int(clock["forecast_ms"]) / 1000
+            NEWEST_FORECAST.set(self.newest_forecast_s)
+        current = self._current_period(clock)
+        if current is None:
             return
-        period, freq = int(clock["period_ms"]), clock["freq"]
-        if now_ms() - int(clock["advanced_at_ms"]) < self.config.missing_forecast_grace_s * 1000:
+        period, freq, reached_at = current
+        CLOCK_PERIOD.set(period / 1000)
+        if now_ms() - reached_at < self.config.missing_forecast_grace_s * 1000:
             return
         raw = self.redis.zrangebyscore(self.keys.skus, "-inf", f"({period}", start=0, num=self.config.max_batch)
         late = [s.decode() for s in cast(list[bytes], raw)]
         if late:
             outcome = self._transact([], time.monotonic(), (period, freq, late))
             self._publish(outcome.decisions)
+
+    def _current_period(self, clock: dict[str, str]) -> tuple[int, str, int] | None:
+        """(period start, freq, when the clock reached it) from the clock hash, or from the wall clock when
+        `wall_clock` is on and it is further; None before anything moved the clock."""
+        freq = clock.get("freq", self.config.decision_freq)
+        current = (int(clock["period_ms"]), freq, int(clock["advanced_at_ms"])) if "period_ms" in clock else None
+        if self.config.wall_clock:
+            wall = clock_for(freq, self.config.review_periods).period_start(now_ms())
+            if current is None or wall > current[0]:
+                current = (wall, freq, wall)
+        return current
+
+    def _not_ahead(self, ms: int, now: int) -> bool:
+        """A record's time may move the decision clock only up to the shared skew ahead of this process's clock."""
+        return ms <= now + self.settings.max_clock_skew_s * 1000
+
+    def _clock_update(
+        self, clock: dict[str, str], period: int, freq: str | None, newest_event: int, newest_forecast: int, now: int
+    ) -> dict[str, int | str]:
+        """The clock hash's changed fields (none: nothing to write). The period moves to the newest forecast period
+        (`period`, `freq`) or the period of the newest purchase/return time, in the clock's freq (`decision_freq`
+        before any forecast); `forecast_ms` is the newest forecast's issued_at (before any: when the clock started)."""
+        freq = freq or self.config.decision_freq
+        if newest_event:
+            period = max(period, clock_for(freq, self.config.review_periods).period_start(newest_event))
+        update: dict[str, int | str] = {}
+        if period > int(clock.get("period_ms", 0)):
+            update = {"period_ms": period, "freq": freq, "advanced_at_ms": now}
+        known = int(clock.get("forecast_ms", 0))
+        newest_forecast = min(newest_forecast, now)  # a forecast issued "in the future" was consumed now
+        if newest_forecast > known or (update and not known):
+            update["forecast_ms"] = max(newest_forecast, known) or now
+        return update
+
+    def _sweep_trigger(self, state: InventoryState, period: int, freq: str, consumed_at: float) -> Trigger | None:
+        """The sweep's decision for one SKU, in the periods of its own newest forecast's freq when it has one."""
+        stored = state.forecast
+        if stored is not None and stored.freq != freq:
+            period = clock_for(stored.freq, self.config.review_periods).period_start(period)
+            freq = stored.freq
+        last = state.last_decision_period_ms
+        if last is None or period > last:
+            return Trigger(period, freq, None, consumed_at)
+        return None
+
+    # ------------------------------------------------------------------------------------------------ readiness
+    def assigned(self) -> bool:
+        """Whether the consumer holds any partition now (a rebalance or a lost group leaves it none)."""
+        try:
+            return bool(self.consumer.assignment())
+        except RuntimeError:  # the consumer is closed
+            return False
+
+    def fallback_status(self) -> dict[str, Any]:
+        """For /readyz: whether the newest decision fell back for want of a fresh forecast, and the newest
+        forecast's age."""
+        newest_age_s = time.time() - self.newest_forecast_s
+        reason, at = self.last_demand if self.last_demand is not None else (None, None)
+        return {
+            "deciding_on_fallbacks": reason in FORECAST_FALLBACKS,
+            "last_decision_fallback": reason,
+            "last_decision_at": at,
+            "newest_forecast_age_s": round(newest_age_s, 1),
+            "forecast_max_age_s": self.config.forecast_max_age_s,
+        }
 
 
 def _with_reason(plan: OrderPlan, reason: str) -> OrderPlan:
