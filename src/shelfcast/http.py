@@ -99,15 +99,26 @@ class RequestTimer:
             self.histogram.labels(scope["method"], path, str(status)).observe(time.perf_counter() - started)
 
 
-def service_app(title: str, description: str, lifespan, request_seconds: Histogram) -> FastAPI:
+def service_app(
+    title: str,
+    description: str,
+    lifespan,
+    request_seconds: Histogram,
+    dead: Callable[[Request], str | None] | None = None,
+) -> FastAPI:
     """A service's FastAPI app with what every service has: ``/healthz``, ``/metrics``, request latency into
-    ``request_seconds``, and `ApiError` answered as structured JSON. Each service adds its own ``/readyz``."""
+    ``request_seconds``, and `ApiError` answered as structured JSON. Each service adds its own ``/readyz``.
+    ``dead``: why the process must be restarted (a loop it depends on has died), or None; ``/healthz`` answers 503
+    with that reason, so that the orchestrator restarts it."""
     app = FastAPI(title=title, version="1", description=description, lifespan=lifespan)
     app.mount("/metrics", make_asgi_app())
 
-    @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", summary="The process is up", responses={503: {"description": "restart me: the reason"}})
+    def healthz(request: Request) -> JSONResponse:
+        reason = dead(request) if dead is not None else None
+        if reason is not None:
+            return JSONResponse({"status": "dead", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     app.add_middleware(RequestTimer, histogram=request_seconds)
     app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]

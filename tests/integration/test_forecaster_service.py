@@ -205,7 +205,7 @@ class ConsumerThatBreaks:
         return getattr(self.consumer, name)
 
 
-def test_readyz_answers_503_once_the_scoring_loop_died(
+def test_healthz_and_readyz_answer_503_once_the_scoring_loop_died(
     run_settings: Settings,
     config: ForecasterSettings,
     monkeypatch: pytest.MonkeyPatch,
@@ -223,6 +223,7 @@ def test_readyz_answers_503_once_the_scoring_loop_died(
     with TestClient(create_app(run_settings, config, stream=True)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
+        assert client.get("/healthz").json() == {"status": "ok"}
         assert REGISTRY.get_sample_value(up) == 1
         broken.set()
         thread: threading.Thread = client.app.state.loop_thread  # type: ignore[attr-defined]
@@ -231,6 +232,9 @@ def test_readyz_answers_503_once_the_scoring_loop_died(
         dead = client.get("/readyz")
         assert dead.status_code == 503
         assert dead.json() == {"status": "unavailable", "reason": "scoring loop stopped: RuntimeError: consumer broke"}
+        health = client.get("/healthz")  # the orchestrator restarts the process
+        assert health.status_code == 503
+        assert health.json() == {"status": "dead", "reason": "scoring loop stopped: RuntimeError: consumer broke"}
         assert REGISTRY.get_sample_value(up) == 0
         assert f"{up} 0.0" in client.get("/metrics").text
     logged = [r for r in caplog.records if "scoring loop stopped" in r.getMessage()]

@@ -4,8 +4,8 @@
   from the feature store; 404 when the feature store has no history for the SKU.
 - ``POST /v1/forecast`` ``{"skus": [...]}``: the same for up to ``max_request_skus`` SKUs; unknown ones are
   listed, not an error.
-- ``/healthz``, ``/readyz`` (the scoring loop's thread is alive when streaming, a model is loaded and Redis
-  answers; a scoring loop ended by an error keeps it at 503 until the process restarts), ``/metrics``.
+- ``/healthz`` (503 once the scoring loop's thread has died: restart the process), ``/readyz`` (the scoring loop's
+  thread is alive when streaming, a model is loaded and Redis answers), ``/metrics``.
 A forecast from too little history comes from the Poisson fallback and says so: ``fallback: true``.
 """
 
@@ -76,6 +76,7 @@ def create_app(
         "Demand quantiles per SKU from the current model, cached in Redis and refreshed by the stream.",
         lifespan,
         REQUEST_SECONDS,
+        dead=_scoring_loop_stopped,
     )
     errors = {
         401: UNAUTHORIZED,
@@ -131,10 +132,8 @@ def create_app(
     @app.get("/readyz", summary="The scoring loop runs, a model is loaded and Redis answers", responses={503: {}})
     def readyz(request: Request) -> JSONResponse:
         service: ForecastService = request.app.state.service
-        loop: ScoringLoop | None = request.app.state.loop
-        if loop is not None and not request.app.state.loop_thread.is_alive():
-            why = f": {type(loop.error).__name__}: {loop.error}" if loop.error is not None else ""
-            return JSONResponse({"status": "unavailable", "reason": f"scoring loop stopped{why}"}, status_code=503)
+        if (stopped := _scoring_loop_stopped(request)) is not None:
+            return JSONResponse({"status": "unavailable", "reason": stopped}, status_code=503)
         if service.version is None:
             return JSONResponse({"status": "unavailable", "reason": "no model loaded"}, status_code=503)
         try:
@@ -144,6 +143,16 @@ def create_app(
         return JSONResponse({"status": "ready", "model_version": service.version})
 
     return app
+
+
+def _scoring_loop_stopped(request: Request) -> str | None:
+    """Why the scoring loop's thread is no longer running (None while it runs, or when not streaming): /healthz
+    answers 503 with it, so the orchestrator restarts the process, and /readyz too."""
+    loop: ScoringLoop | None = getattr(request.app.state, "loop", None)
+    if loop is None or request.app.state.loop_thread.is_alive():
+        return None
+    why = f": {type(loop.error).__name__}: {loop.error}" if loop.error is not None else ""
+    return f"scoring loop stopped{why}"
 
 
 def _score(service: ForecastService, skus: list[str]) -> dict[str, Forecast]:
