@@ -96,14 +96,21 @@ def read_topic(settings: Settings, topic: str, contract: type[T], skip_invalid: 
 
 
 def produce(
-    producer: Producer, topic: str, record: Contract, headers: dict[str, str | bytes | None] | None = None
+    producer: Producer,
+    topic: str,
+    record: Contract,
+    headers: dict[str, str | bytes | None] | None = None,
+    on_result: Callable[[KafkaError | None], None] | None = None,
 ) -> None:
-    """Queue one contract record, keyed by its SKU where it has one; failed deliveries are counted."""
+    """Queue one contract record, keyed by its SKU where it has one; failed deliveries are counted. ``on_result``
+    hears the broker's answer (None: acknowledged), from within the producer's ``poll`` or ``flush``."""
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             KAFKA_DELIVERY_ERRORS.labels(topic=topic).inc()
             _RDKAFKA_LOG.error("delivery to %s failed: %s", topic, err)
+        if on_result is not None:
+            on_result(err)
 
     producer.produce(topic, value=record.to_bytes(), key=record.kafka_key, headers=headers, on_delivery=on_delivery)
 
@@ -119,7 +126,13 @@ class DeadLetterWriter:
         self._topic = topic
         self._stage = stage
 
-    def send_message(self, msg: Message, reason: str) -> DeadLetter:
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    def send_message(
+        self, msg: Message, reason: str, on_result: Callable[[KafkaError | None], None] | None = None
+    ) -> DeadLetter:
         letter = DeadLetter.wrap(
             msg.value(),
             reason,
@@ -128,7 +141,7 @@ class DeadLetterWriter:
             source_partition=msg.partition(),
             source_offset=msg.offset(),
         )
-        produce(self._producer, self._topic, letter)
+        produce(self._producer, self._topic, letter, on_result=on_result)
         DEAD_LETTERS.labels(source_topic=msg.topic(), stage=self._stage).inc()
         return letter
 

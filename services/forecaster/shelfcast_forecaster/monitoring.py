@@ -17,6 +17,11 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
 )
 FORECASTS = Counter("shelfcast_forecaster_forecasts", "Forecasts issued", ["model", "fallback"])
+FALLBACKS = Counter(
+    "shelfcast_forecaster_fallbacks",
+    "Forecasts from the Poisson fallback, by why: short_history, non_finite or implausible network output",
+    ["reason"],
+)
 MODEL_VERSION = Gauge("shelfcast_forecaster_model_info", "The serving model version (value 1)", ["version", "arch"])
 MODEL_RELOADS = Counter("shelfcast_forecaster_model_reloads", "Model versions loaded", ["outcome"])
 FRESHNESS_SECONDS = Histogram(

@@ -6,7 +6,10 @@ from its first window in the store to its newest one (its forecast origin); the 
 that history, the same rule as in training.
 
 A SKU with fewer than `MIN_HISTORY` periods of history gets the documented fallback instead of the network:
-Poisson quantiles at its mean demand so far (``model="poisson-fallback"``, ``fallback=true``).
+Poisson quantiles at its mean demand so far (``model="poisson-fallback"``, ``fallback=true``). So does a SKU whose
+network output is not finite, or implausible: a quantile above ``max_forecast_multiple`` times the SKU's largest
+period demand (at least 1). A SKU whose history in Redis does not decode to finite, non-negative demand is rejected
+with the reason (`read_demand_checked`), never scored.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MIN_HISTORY = 7
 FALLBACK_MODEL = "poisson-fallback"
+SHORT_HISTORY, NON_FINITE, IMPLAUSIBLE = "short_history", "non_finite", "implausible"
+FALLBACK_REASONS = (SHORT_HISTORY, NON_FINITE, IMPLAUSIBLE)
 GRANULARITY_FREQ = {"1m": "min", "1h": "h", "1d": "D"}
 PERIOD_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 MAX_BATCH = 4096
@@ -81,10 +86,38 @@ def demand_from_windows(
 
 
 def read_demand(store: FeatureStore, skus: Sequence[str], granularity: str, depth: int, exogenous=()) -> list[Demand]:
-    """`demand_from_windows` of each SKU's newest ``depth`` windows; SKUs without windows are left out."""
-    values = store.latest_values(skus, granularity, depth, ["units", *exogenous])
-    demand = (demand_from_windows(sku, *v, granularity, exogenous) for sku, v in values.items())
-    return [d for d in demand if d is not None]
+    """`demand_from_windows` of each SKU's newest ``depth`` windows; SKUs without windows are left out, and a SKU
+    whose history does not decode raises `ValueError`."""
+    demand, rejected = read_demand_checked(store, skus, granularity, depth, exogenous)
+    if rejected:
+        raise ValueError("; ".join(f"{sku}: {reason}" for sku, reason in rejected.items()))
+    return demand
+
+
+def read_demand_checked(
+    store: FeatureStore, skus: Sequence[str], granularity: str, depth: int, exogenous=()
+) -> tuple[list[Demand], dict[str, str]]:
+    """`read_demand`, but a SKU whose stored windows do not decode to finite, non-negative demand is left out and
+    returned with the reason (SKU -> reason) instead of failing the others. Redis errors propagate."""
+    fields = ["units", *exogenous]
+    try:
+        values = store.latest_values(skus, granularity, depth, fields)
+    except (ValueError, KeyError, TypeError):  # one corrupt member fails the batch read: find it SKU by SKU
+        values, rejected = {}, {}
+        for sku in skus:
+            try:
+                values |= store.latest_values([sku], granularity, depth, fields)
+            except (ValueError, KeyError, TypeError) as exc:
+                rejected[sku] = f"history in Redis does not decode: {type(exc).__name__}: {exc}"
+    else:
+        rejected = {}
+    demand = []
+    for sku, (starts, rows) in values.items():
+        if not np.isfinite(rows[:, 0]).all() or (rows[:, 0] < 0).any():
+            rejected[sku] = "history in Redis has non-finite or negative units"
+        elif (d := demand_from_windows(sku, starts, rows, granularity, exogenous)) is not None:
+            demand.append(d)
+    return demand, rejected
 
 
 def feature_store_history(store: FeatureStore, granularity: str, depth: int, exogenous=()) -> pd.DataFrame:
@@ -112,9 +145,12 @@ def feature_store_history(store: FeatureStore, granularity: str, depth: int, exo
 class Scorer:
     """A model version from the registry: its card and its SavedModel behind one compiled ``tf.function``."""
 
-    def __init__(self, version_dir: str | Path, jit: bool | None = None) -> None:
-        """``jit``: XLA-compile the scoring function or not; None: `warm_up` times both and keeps the faster."""
+    def __init__(self, version_dir: str | Path, jit: bool | None = None, max_forecast_multiple: float = 10.0) -> None:
+        """``jit``: XLA-compile the scoring function or not; None: `warm_up` times both and keeps the faster.
+        ``max_forecast_multiple``: network quantiles above this multiple of a SKU's largest period demand (at
+        least 1) are implausible, and that SKU gets the fallback."""
         version_dir = Path(version_dir)
+        self.max_forecast_multiple = max_forecast_multiple
         self.card = ModelCard.model_validate_json((version_dir / CARD).read_text())
         self.spec = self.card.spec
         self._saved = tf.saved_model.load(str(version_dir / SAVED_MODEL))
@@ -178,9 +214,22 @@ class Scorer:
 
     def forecasts(self, demand: Sequence[Demand], issued_at: int) -> list[Forecast]:
         """One `Forecast` per SKU: the network where history suffices, the Poisson fallback otherwise."""
+        return self.forecasts_with_reasons(demand, issued_at)[0]
+
+    def forecasts_with_reasons(self, demand: Sequence[Demand], issued_at: int) -> tuple[list[Forecast], dict[str, str]]:
+        """`forecasts`, and SKU -> why for each one that got the fallback (`FALLBACK_REASONS`)."""
         enough = [d for d in demand if len(d.units) >= MIN_HISTORY]
-        scored = dict(zip((d.sku for d in enough), _as_lists(self.quantiles(enough)), strict=True)) if enough else {}
-        return [self._record(d, scored.get(d.sku), issued_at) for d in demand]
+        reasons = {d.sku: SHORT_HISTORY for d in demand if len(d.units) < MIN_HISTORY}
+        scored = {}
+        if enough:
+            raw = self.quantiles(enough)
+            verdicts = implausible(raw, enough, self.max_forecast_multiple)
+            for d, values, verdict in zip(enough, _as_lists(raw), verdicts, strict=True):
+                if verdict is None:
+                    scored[d.sku] = values
+                else:
+                    reasons[d.sku] = verdict
+        return [self._record(d, scored.get(d.sku), issued_at) for d in demand], reasons
 
     def _record(self, d: Demand, quantiles: list[list[float]] | None, issued_at: int) -> Forecast:
         spec, fallback = self.spec, quantiles is None
@@ -202,6 +251,16 @@ class Scorer:
 
     def _position(self, origin_ms: int) -> int:
         return calendar_position(pd.Timestamp(origin_ms, unit="ms"), self.spec.freq)
+
+
+def implausible(raw: np.ndarray, demand: Sequence[Demand], multiple: float) -> list[str | None]:
+    """Per SKU of ``raw`` (S, h, Q) network quantiles: `NON_FINITE`, `IMPLAUSIBLE` (a quantile above ``multiple``
+    times the SKU's largest period demand, at least 1), or None when its forecast can be published."""
+    finite = np.isfinite(raw).all(axis=(1, 2))
+    ceiling = multiple * np.maximum(1.0, np.fromiter((d.units.max() for d in demand), np.float64, len(demand)))
+    peak = np.where(finite, np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0).max(axis=(1, 2)), 0.0)
+    verdicts = zip(finite, peak, ceiling, strict=True)
+    return [NON_FINITE if not ok else IMPLAUSIBLE if top > cap else None for ok, top, cap in verdicts]
 
 
 def _windows(series: Sequence[np.ndarray], lookback: int) -> tuple[np.ndarray, np.ndarray]:

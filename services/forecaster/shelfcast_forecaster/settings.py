@@ -20,3 +20,17 @@ class ForecasterSettings(BaseSettings):
     reload_seconds: float = Field(default=2.0, gt=0, description="how often the registry's current is checked")
     max_request_skus: int = Field(default=1_000, ge=1)
     jit: bool | None = Field(default=None, description="XLA-compile scoring; unset: measure at load, keep the faster")
+    max_forecast_multiple: float = Field(
+        default=10.0,
+        gt=1,
+        le=1_000,
+        description="a network quantile above this multiple of the SKU's largest period demand (at least 1) is "
+        "implausible: the SKU gets the Poisson fallback instead",
+    )
+    flush_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="how long one wait for the broker to acknowledge a batch lasts before it is logged and waited "
+        "on again (never sent again: that would publish it twice)",
+    )
