@@ -110,9 +110,11 @@ def build(settings: Settings, job: FeatureJobSettings, jobmanager: str | None = 
     _table_config(table_env, job)
 
     table_env.execute_sql(sql.PARSE_FUNCTION)
-    table_env.execute_sql(sql.source_table(settings.topics.events, settings.kafka_bootstrap, job.group_id, job))
+    table_env.execute_sql(sql.EVENT_TIME_FUNCTION)
+    skew_s = settings.max_clock_skew_s
+    table_env.execute_sql(sql.source_table(settings.topics.events, settings.kafka_bootstrap, job.group_id, job, skew_s))
     table_env.execute_sql(sql.dead_letter_table(settings.topics.events_dlq, settings.kafka_bootstrap))
-    parsed = as_insert_only(table_env, table_env.sql_query(sql.PARSED), "parsed_time", proctime=True)
+    parsed = as_insert_only(table_env, table_env.sql_query(sql.parsed(skew_s)), "parsed_time", proctime=True)
     table_env.create_temporary_view("parsed", parsed)
     deduped = as_insert_only(table_env, table_env.sql_query(sql.FIRST_DELIVERIES), "event_time", proctime=False)
     table_env.create_temporary_view("deduped", deduped)

@@ -6,8 +6,12 @@ stay in the JVM (tens of thousands per second per core). Python sees one row per
 
 Parsing and validation is one Java table function (`flink_jobs/java`, built by `make`): the built-in
 JSON_VALUE re-parses the whole record on each call, and with one call per field that was most of the CPU.
-The watermark still reads `ts` with JSON_VALUE in the source table: a streaming Java scalar function
-there measured no faster (39k vs 41k events/s on `bench features`) and with higher window latency.
+
+Event time is guarded where the watermark is made, in the source: the Java scalar function EVENT_TIME
+gives a record's `ts` only when the record is valid and `ts` is at most SHELFCAST_MAX_CLOCK_SKEW_S ahead
+of the job's clock, else 0 (1970), which never moves a watermark. So one storefront with a wrong clock
+cannot push event time a month ahead and make every on-time event late. A valid record whose event time
+is not its `ts` is dead-lettered as `future_ts` and never reaches a window.
 
 Pipeline (one statement set, so the source and the parse are shared):
     raw Kafka records --parse/validate--> invalid  -> dead-letter topic
@@ -27,14 +31,17 @@ def interval(granularity: str) -> str:
     return f"INTERVAL '{granularity[:-1]}' {_SQL_UNITS[granularity[-1]]}"
 
 
-def source_table(topic: str, bootstrap: str, group_id: str, job: FeatureJobSettings) -> str:
+EVENT_TIME_FUNCTION = "CREATE TEMPORARY FUNCTION EVENT_TIME AS 'dev.shelfcast.flink.EventTime' LANGUAGE JAVA"
+
+
+def source_table(topic: str, bootstrap: str, group_id: str, job: FeatureJobSettings, max_clock_skew_s: int) -> str:
     return f"""
 CREATE TEMPORARY TABLE events_raw (
   `raw` STRING,
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  rowtime AS TO_TIMESTAMP_LTZ(COALESCE(TRY_CAST(JSON_VALUE(`raw`, '$.ts') AS BIGINT), 0), 3),
+  rowtime AS TO_TIMESTAMP_LTZ(EVENT_TIME(`raw`, CAST({max_clock_skew_s * 1000} AS BIGINT)), 3),
   proc AS PROCTIME(),
   WATERMARK FOR rowtime AS rowtime - INTERVAL '{job.out_of_orderness_ms / 1000:.3f}' SECOND
 ) WITH (
@@ -64,9 +71,17 @@ CREATE TEMPORARY TABLE dead_letters (
 # Each record is parsed once, in the JVM, by the Java table function `ParseEvent` (flink_jobs/java):
 # the fields, and in `error` the first broken field and why, or NULL.
 PARSE_FUNCTION = "CREATE TEMPORARY FUNCTION PARSE_EVENT AS 'dev.shelfcast.flink.ParseEvent' LANGUAGE JAVA"
-PARSED = """
+
+
+def parsed(max_clock_skew_s: int) -> str:
+    """Every record, parsed; a valid one whose event time is not its `ts` (EVENT_TIME found it too far
+    ahead) gets the error `future_ts`, so it is dead-lettered and never windowed."""
+    return f"""
 SELECT r.`raw`, r.`topic`, r.`partition`, r.`offset`, r.rowtime,
-  p.event_id, p.event_type, p.sku, p.ts, p.qty, p.price, p.currency, p.error
+  p.event_id, p.event_type, p.sku, p.ts, p.qty, p.price, p.currency,
+  CASE WHEN p.error IS NULL AND r.rowtime <> TO_TIMESTAMP_LTZ(p.ts, 3)
+    THEN 'future_ts: ts is more than {max_clock_skew_s} s (SHELFCAST_MAX_CLOCK_SKEW_S) ahead of the job''s clock'
+    ELSE p.error END AS error
 FROM events_raw AS r, LATERAL TABLE(PARSE_EVENT(r.`raw`)) AS p"""
 
 

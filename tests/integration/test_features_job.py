@@ -274,9 +274,15 @@ def dead_letter_summary(job: FeaturesJob) -> list[tuple[str, str]]:
     by_position = {}
     for value in job.read_topic(job.topics.events_dlq):
         letter = DeadLetter.from_bytes(value)
-        kind = "late " + letter.reason.split()[2] if letter.reason.startswith("late") else "invalid"
+        kind = _kind(letter.reason)
         by_position[(letter.source_partition, letter.source_offset, kind)] = (_identity(letter.raw), kind)
     return sorted(by_position.values())
+
+
+def _kind(reason: str) -> str:
+    if reason.startswith("late"):
+        return "late " + reason.split()[2]
+    return "future_ts" if reason.startswith("future_ts") else "invalid"
 
 
 def _identity(raw: bytes) -> str:
@@ -314,3 +320,35 @@ def test_killed_and_restarted_job_still_ends_exact(job: FeaturesJob) -> None:
     # It resumed from the checkpoint rather than re-reading the topic: what the checkpoint covered
     # was not dead-lettered a second time.
     assert sum(1 for v in job.read_topic(job.topics.events_dlq) if DeadLetter.from_bytes(v).raw == EARLY_POISON) == 1
+
+
+def test_a_future_dated_event_neither_moves_event_time_nor_reaches_a_window(job: FeaturesJob) -> None:
+    """A storefront clock 30 days ahead, in every partition (as if the others had gone idle): the on-time
+    events before and after it are windowed exactly, none late; it is dead-lettered as `future_ts`."""
+    stream = Stream(prefix=f"f{uuid.uuid4().hex[:6]}")
+    job.start()
+    before = on_time_events(stream)
+    future = probe(stream, "FUT", int(time.time() * 1000) + 30 * DAY)
+    after = [stream.event(f"after-{n}", "purchase", f"S{n % 5}", T0 + 12 * MINUTE + n * 1_000) for n in range(60)]
+    job.send(before)
+    job.send(future)
+    job.send(after)
+    advance = probe(stream, "ADV", T0 + 20 * MINUTE + OUT_OF_ORDERNESS + 1)
+    end = probe(stream, "END", T0 + 3 * DAY)
+    job.send(advance)
+    job.wait_for_window(f"{stream.prefix}-S0", "1m")
+    job.send(end)
+
+    on_time = [(raw, 0) for raw in before + after + [v for v, _ in advance]] + [(v, 0) for v, _ in end]
+    expected_windows, expected_dead = expected_outputs(on_time)
+    assert not [kind for _, kind in expected_dead if kind.startswith("late")]  # the reference has none late
+    actual = wait_until_exact(job, expected_windows)
+    assert {k: counts(w) for k, w in actual.items()} == {k: counts(w) for k, w in expected_windows.items()}
+    expected_dead += [(raw, "future_ts") for raw, _ in future]
+    assert sorted((_identity(raw), kind) for raw, kind in expected_dead) == dead_letter_summary(job)
+
+    horizon = (time.time() + 3_600) * 1000
+    future_skus = {f"{stream.prefix}-FUT-{p}" for p in range(PARTITIONS)}
+    assert job.redis_windows(future_skus) == {}
+    on_topic = [FeatureWindow.from_bytes(v) for v in job.read_topic(job.topics.features)]
+    assert on_topic and all(w.window_end < horizon and w.sku not in future_skus for w in on_topic)

@@ -48,3 +48,17 @@ def test_the_local_jvm_gets_the_heap_cap_unless_jvm_args_set_one(monkeypatch: py
     monkeypatch.setenv("JVM_ARGS", "-Xmx3g")
     bound_local_heap(job)
     assert os.environ["JVM_ARGS"] == "-Xmx3g"
+
+
+def test_event_time_is_guarded_in_the_source_and_future_records_are_dead_lettered_not_windowed() -> None:
+    job = FeatureJobSettings()
+    source = sql.source_table("events", "127.0.0.1:9092", "g", job, max_clock_skew_s=300)
+    # the watermark's column comes from EVENT_TIME with the skew in ms, never from the raw ts
+    assert "rowtime AS TO_TIMESTAMP_LTZ(EVENT_TIME(`raw`, CAST(300000 AS BIGINT)), 3)" in source
+    assert "JSON_VALUE" not in source
+    parsed = sql.parsed(300)
+    assert "r.rowtime <> TO_TIMESTAMP_LTZ(p.ts, 3)" in parsed
+    assert "'future_ts: ts is more than 300 s" in parsed
+    # windows read only error-free records; the dead-letter statement takes every record with an error
+    assert "WHERE error IS NULL" in sql.FIRST_DELIVERIES
+    assert "FROM parsed WHERE error IS NOT NULL" in sql.dead_letter_insert(job)

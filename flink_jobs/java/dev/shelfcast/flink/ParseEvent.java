@@ -27,6 +27,11 @@ public class ParseEvent extends TableFunction<Row> {
   private static final long MAX_TS = 4_102_444_800_000L; // 2100-01-01
 
   public void eval(String raw) {
+    collect(parse(raw));
+  }
+
+  /** The row `eval` emits; shared with {@link EventTime}, so both agree on which records are valid. */
+  static Row parse(String raw) {
     JsonNode event;
     try {
       event = raw == null ? null : JSON.readTree(raw);
@@ -34,8 +39,7 @@ public class ParseEvent extends TableFunction<Row> {
       event = null;
     }
     if (event == null || !event.isObject()) {
-      collect(Row.of(null, null, null, null, null, null, null, "not a JSON object"));
-      return;
+      return Row.of(null, null, null, null, null, null, null, "not a JSON object");
     }
     String eventId = text(event, "event_id");
     String type = text(event, "type");
@@ -44,7 +48,7 @@ public class ParseEvent extends TableFunction<Row> {
     Integer qty = event.path("qty").canConvertToExactIntegral() ? event.path("qty").asInt() : null;
     Double price = event.path("price").isNumber() ? event.path("price").asDouble() : null;
     String currency = text(event, "currency");
-    collect(Row.of(eventId, type, sku, ts, qty, price, currency, error(eventId, type, sku, ts, qty, price, currency)));
+    return Row.of(eventId, type, sku, ts, qty, price, currency, error(eventId, type, sku, ts, qty, price, currency));
   }
 
   private static String text(JsonNode event, String field) {
