@@ -25,7 +25,7 @@ import pandas as pd
 import tensorflow as tf
 from scipy.stats import poisson
 
-from shelfcast.contracts import Forecast
+from shelfcast.contracts import MAX_UNITS, Forecast
 from shelfcast.store import FeatureStore
 from shelfcast_forecaster.models import (
     EPSILON,
@@ -113,9 +113,12 @@ def read_demand_checked(
         rejected = {}
     demand = []
     for sku, (starts, rows) in values.items():
-        if not np.isfinite(rows[:, 0]).all() or (rows[:, 0] < 0).any():
-            rejected[sku] = "history in Redis has non-finite or negative units"
-        elif (d := demand_from_windows(sku, starts, rows, granularity, exogenous)) is not None:
+        d = demand_from_windows(sku, starts, rows, granularity, exogenous)
+        if d is None:
+            continue
+        if not np.isfinite(d.units).all() or (d.units < 0).any() or (d.units > MAX_UNITS).any():
+            rejected[sku] = f"history in Redis has units that are not finite or not within 0..{MAX_UNITS:,} a period"
+        else:
             demand.append(d)
     return demand, rejected
 
@@ -255,9 +258,11 @@ class Scorer:
 
 def implausible(raw: np.ndarray, demand: Sequence[Demand], multiple: float) -> list[str | None]:
     """Per SKU of ``raw`` (S, h, Q) network quantiles: `NON_FINITE`, `IMPLAUSIBLE` (a quantile above ``multiple``
-    times the SKU's largest period demand, at least 1), or None when its forecast can be published."""
+    times the SKU's largest period demand, at least 1, or above the contract's `MAX_UNITS`), or None when its
+    forecast can be published."""
     finite = np.isfinite(raw).all(axis=(1, 2))
-    ceiling = multiple * np.maximum(1.0, np.fromiter((d.units.max() for d in demand), np.float64, len(demand)))
+    largest = np.fromiter((d.units.max() for d in demand), np.float64, len(demand))
+    ceiling = np.minimum(multiple * np.maximum(1.0, largest), MAX_UNITS)
     peak = np.where(finite, np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0).max(axis=(1, 2)), 0.0)
     verdicts = zip(finite, peak, ceiling, strict=True)
     return [NON_FINITE if not ok else IMPLAUSIBLE if top > cap else None for ok, top, cap in verdicts]
@@ -291,6 +296,6 @@ def _as_lists(quantiles: np.ndarray) -> list[list[list[float]]]:
 
 
 def fallback_quantiles(mean: float, quantiles: Sequence[float], horizon: int) -> np.ndarray:
-    """(horizon, Q) Poisson quantiles at ``mean`` per period, the same at every step."""
+    """(horizon, Q) Poisson quantiles at ``mean`` per period, the same at every step, at most `MAX_UNITS`."""
     values = poisson.ppf(quantiles, max(mean, 0.0)) if mean > 0 else np.zeros(len(quantiles))
-    return np.tile(np.asarray(values, dtype=np.float32), (horizon, 1))
+    return np.tile(np.minimum(np.asarray(values, dtype=np.float32), MAX_UNITS), (horizon, 1))
