@@ -2,9 +2,11 @@
 
 - ``GET /v1/inventory/{sku}``: the SKU's inventory state (`sc:inv:{sku}`): on hand, pipeline, inventory position,
   price, the last decision and its reason, the parameters it is decided with; 404 when the agent has no state.
-- ``/healthz``; ``/readyz``: 503 with the reason unless Redis answers, the loop's thread runs and its consumer holds
-  partitions; 200 says whether the newest decision fell back for want of a fresh forecast (`deciding_on_fallbacks`)
-  and the newest forecast's age; ``/metrics``.
+- ``/healthz``: 503 once the decision loop's thread died without being asked to stop (the orchestrator restarts
+  the process; the crash ledger then skips a record that killed the loop twice); ``/readyz``: 503 with the reason
+  unless Redis answers, the loop's thread runs and its consumer holds partitions; 200 says whether the newest
+  decision fell back for want of a fresh forecast (`deciding_on_fallbacks`) and the newest forecast's age;
+  ``/metrics``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
         app.state.loop = None
         stop = threading.Event()
         thread = None
+        app.state.stop = stop
         if stream:
             loop = AgentLoop(client, settings, config, catalog, load_policy(config))
             thread = threading.Thread(target=loop.run, args=(stop,), name="decisions", daemon=True)
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
         "Inventory state per SKU, kept from purchases, receipts and forecasts; reorders and price changes out.",
         lifespan,
         REQUEST_SECONDS,
+        dead=_dead_loop,
     )
 
     @app.get(
@@ -112,6 +116,14 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
         return JSONResponse({"status": "ready", "policy": None})
 
     return app
+
+
+def _dead_loop(request: Request) -> str | None:
+    """Why /healthz answers 503: the decision loop's thread ended while nobody asked it to stop."""
+    thread: threading.Thread | None = getattr(request.app.state, "thread", None)
+    if thread is None or thread.is_alive() or request.app.state.stop.is_set():
+        return None
+    return "the decision loop died (see the log); restart the process"
 
 
 def app_from_env() -> FastAPI:

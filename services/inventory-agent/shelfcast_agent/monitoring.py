@@ -86,6 +86,10 @@ CLOCK_PERIOD = Gauge(
     "shelfcast_agent_decision_period_start_timestamp_seconds",
     "Start of the decision clock's current period (forecast periods, purchase/return time, optionally the wall clock)",
 )
+STATE_RESETS = Counter(
+    "shelfcast_agent_state_resets",
+    "SKU states in Redis that did not parse, reset to the SKU's defaults (the old value kept at {ks}:corrupt:{sku})",
+)
 EMITTED_TOPIC = {"reorder": "reorders", "price": "prices"}
 for _topic in EMITTED_TOPIC.values():
     EMITTED.labels(topic=_topic)  # exposed at 0 before the first decision

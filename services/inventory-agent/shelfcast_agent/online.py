@@ -45,13 +45,15 @@ Purchase counters and inventory totals
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,6 +76,7 @@ from shelfcast_agent.decide import (
     PolicyAnswer,
     SkuView,
     apply_budget,
+    cap_to_recent_demand,
     capped_base_stock,
     clock_for,
     decision_id,
@@ -101,12 +104,14 @@ from shelfcast_agent.monitoring import (
     RECORDS,
     RECOVERED,
     SKU_DECISIONS,
+    STATE_RESETS,
     STATE_SKUS,
     count_purchases,
     show_totals,
 )
 from shelfcast_agent.settings import AgentSettings, SkuCatalog, SkuParams
 from shelfcast_agent.state import (
+    CorruptState,
     DecisionRecord,
     InventoryState,
     Keys,
@@ -116,6 +121,7 @@ from shelfcast_agent.state import (
     StockTotals,
     describe_forecast,
     inventory_key,
+    parse_state,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +145,7 @@ class Trigger:
     freq: str
     forecast: Forecast | None = None
     consumed_at: float = field(default_factory=time.monotonic)
+    message: Message | None = None  # the forecast's record: dead-lettered if its decision fails
 
 
 @dataclass
@@ -210,6 +217,9 @@ class AgentLoop:
                 if records:
                     self._process(records)
                 self._tick()
+        except BaseException:
+            log.exception("the decision loop died; the records in flight are in the crash ledger")
+            raise
         finally:
             self.producer.flush(10)
             self.consumer.close()
@@ -283,11 +293,36 @@ class AgentLoop:
 
     # ------------------------------------------------------------------------------------------------ batches
     def _process(self, messages: list[Message]) -> None:
+        """Apply a batch; records that were in flight when an earlier run crashed are applied one per transaction,
+        and one that was in flight in two crashed runs is dead-lettered unread (`_crash_ledger`)."""
         consumed_at = time.monotonic()
+        ledger = self._retrying(lambda: self._crash_ledger(messages))
+        if ledger is None:
+            return  # stopped
+        doomed, suspects = ledger
+        for chunk in _isolating(messages, doomed.keys() | suspects):
+            counted = [m for m in chunk if _where(m) in doomed or _where(m) in suspects]
+            if not self._process_chunk(chunk, consumed_at, doomed, counted):
+                return
+
+    def _process_chunk(
+        self,
+        messages: list[Message],
+        consumed_at: float,
+        doomed: dict[tuple[str, int, int], str],
+        counted: list[Message],
+    ) -> bool:
+        """One transaction, its records marked in flight until it is stored; False when stopped first."""
         started = time.perf_counter()
-        outcome = self._retrying(lambda: self._transact(messages, consumed_at))
+        inflight = {self.keys.inflight(t, p): f"{a}:{b}" for (t, p), (a, b) in _offset_ranges(messages).items()}
+        outcome: BatchOutcome | None = None
+        if self._retrying(lambda: self.redis.mset(inflight)) is not None:
+            outcome = self._retrying(lambda: self._transact(messages, consumed_at, doomed=doomed))
         if outcome is None:
-            return  # stopped before the batch was applied: its offsets are not stored, a restart re-reads it
+            with contextlib.suppress(redis.RedisError):  # a stop is not a crash (best effort: Redis may be down)
+                self.redis.delete(*inflight)
+            return False  # stopped before the batch was applied: its offsets are not stored, a restart re-reads it
+        self._retrying(lambda: self._clear_ledger(list(inflight), counted))
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self._publish(outcome.decisions)
         if outcome.offsets:
@@ -296,27 +331,116 @@ class AgentLoop:
                 self.consumer.commit(offsets=commits, asynchronous=True)  # monitoring only: Redis has the truth
             except Exception as exc:  # a failed monitoring commit must not stop the loop
                 log.debug("offset commit for monitoring failed: %s", exc)
+        return True
 
-    def _parse(self, messages: Sequence[Message]) -> list[tuple[Message, str, Contract | None, str | None]]:
+    def _crash_ledger(
+        self, messages: Sequence[Message]
+    ) -> tuple[dict[tuple[str, int, int], str], set[tuple[str, int, int]]]:
+        """The crash ledger: before a transaction its records' offset range per partition is stored as in flight
+        (`{ks}:inflight:{topic}:{partition}`) and cleared once it is stored, so a range still there belongs to a run
+        that crashed with those records in flight. Such a range is counted into `{ks}:crashes:...` (offset ->
+        crashed runs, only offsets not yet applied) and cleared, in one MULTI/EXEC. Returns the batch's records that
+        were in flight in two crashed runs (to dead-letter unread, with the reason) and those in flight in one (to
+        apply one per transaction, so that the next crash pins the record that caused it)."""
+        ranges = _offset_ranges(messages)
+        parts = sorted(ranges)
+        inflight_keys = [self.keys.inflight(t, p) for t, p in parts]
+        left = cast(list[bytes | None], self.redis.mget(inflight_keys))
+        if any(left):
+            stored = cast(list[bytes | None], self.redis.mget([self.keys.offset(t, p) for t, p in parts]))
+            with self.redis.pipeline(transaction=True) as tx:
+                for (topic, partition), span, done in zip(parts, left, stored, strict=True):
+                    if span is None:
+                        continue
+                    first, last = (int(x) for x in span.split(b":"))
+                    first = max(first, int(done) if done is not None else 0)
+                    if last >= first:
+                        for offset in range(first, last + 1):
+                            tx.hincrby(self.keys.crashes(topic, partition), str(offset), 1)
+                    log.error("%s[%d] offsets %d..%d were in flight when a run crashed", topic, partition, first, last)
+                tx.delete(*[k for k, span in zip(inflight_keys, left, strict=True) if span is not None])
+                tx.execute()
+        doomed: dict[tuple[str, int, int], str] = {}
+        suspects: set[tuple[str, int, int]] = set()
+        reads = self.redis.pipeline(transaction=False)
+        by_part = {tp: [m for m in messages if (m.topic(), m.partition()) == tp] for tp in parts}
+        for (topic, partition), msgs in by_part.items():
+            reads.hmget(self.keys.crashes(topic, partition), [str(m.offset()) for m in msgs])
+        for ((topic, partition), msgs), counts in zip(by_part.items(), reads.execute(), strict=True):
+            for msg, count in zip(msgs, counts, strict=True):
+                where = (topic, partition, cast(int, msg.offset()))
+                if count is not None and int(count) >= 2:
+                    doomed[where] = f"killed the loop twice: in flight in {int(count)} crashed runs; not processed"
+                elif count is not None:
+                    suspects.add(where)
+        return doomed, suspects
+
+    def _clear_ledger(self, inflight_keys: list[str], counted: list[Message]) -> None:
+        """A stored transaction's records are no longer in flight; the crash counts of those that had one go."""
+        with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(*inflight_keys)
+            for msg in counted:
+                tx.hdel(self.keys.crashes(cast(str, msg.topic()), cast(int, msg.partition())), str(msg.offset()))
+            tx.execute()
+
+    def _parse(
+        self, messages: Sequence[Message], doomed: Mapping[tuple[str, int, int], str] | None = None
+    ) -> list[tuple[Message, str, Contract | None, str | None]]:
+        """Each record as its contract, or None and the reason to dead-letter it."""
         parsed: list[tuple[Message, str, Contract | None, str | None]] = []
+        now = now_ms()
         for msg in messages:
             source = self.sources[msg.topic()]  # type: ignore[index]
+            verdict = (doomed or {}).get((cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())))
+            if verdict is not None:
+                parsed.append((msg, source, None, verdict))
+                continue
             try:
-                record = SOURCES[source].from_bytes(msg.value())
-                if isinstance(record, Forecast):
-                    clock_for(record.freq, self.config.review_periods)  # periods must be derivable from its freq
-                parsed.append((msg, source, record, None))
+                record = self._parse_one(msg, source)
+                problem = self._implausible(record, now)
             except ContractError as exc:
-                parsed.append((msg, source, None, f"not a valid {source} record: {exc}"))
+                record, problem = None, f"not a valid {source} record: {exc}"
             except ValueError as exc:
-                parsed.append((msg, source, None, f"forecast freq not usable for decision periods: {exc}"))
+                record, problem = None, f"forecast freq not usable for decision periods: {exc}"
+            except Exception as exc:  # any record that cannot be read is a dead letter, not a crash
+                record, problem = None, f"processing failed: {type(exc).__name__}: {exc}"
+            parsed.append((msg, source, record if problem is None else None, problem))
         return parsed
 
+    def _parse_one(self, msg: Message, source: str) -> Contract:
+        record = SOURCES[source].from_bytes(msg.value())
+        if isinstance(record, Forecast):
+            clock_for(record.freq, self.config.review_periods)  # periods must be derivable from its freq
+        return record
+
+    def _implausible(self, record: Contract, now: int) -> str | None:
+        """Why a valid record is dead-lettered anyway: a SKU not in the parameter file (`unknown_sku`), or a time
+        beyond this process's clock + `max_clock_skew_s` (`future_ts`; a forecast may start one period later)."""
+        sku = cast(Any, record).sku
+        if self.config.unknown_sku == "dead_letter" and not self.catalog.knows(sku):
+            return f"unknown_sku: {sku} is not in the SKU parameter file (SHELFCAST_AGENT_UNKNOWN_SKU=dead_letter)"
+        horizon = now + self.settings.max_clock_skew_s * 1000
+        if isinstance(record, Forecast):
+            clock = clock_for(record.freq, self.config.review_periods)
+            limit = clock.step_start(clock.step(horizon) + 1)
+            return _future("forecast start", record.start, limit, "clock + skew + one period")
+        if isinstance(record, Event) and record.type in ("purchase", "return"):
+            return _future(f"{record.type} ts", record.ts, horizon, "clock + skew")
+        if isinstance(record, Receipt):
+            return _future("receipt received_at", record.received_at, horizon, "clock + skew")
+        return None
+
     def _transact(
-        self, messages: Sequence[Message], consumed_at: float, sweep: tuple[int, str, list[str]] | None = None
+        self,
+        messages: Sequence[Message],
+        consumed_at: float,
+        sweep: tuple[int, str, list[str]] | None = None,
+        doomed: Mapping[tuple[str, int, int], str] | None = None,
     ) -> BatchOutcome:
-        """One batch (or one sweep) as one Redis transaction; see the module docstring."""
-        parsed = self._parse(messages)
+        """One batch (or one sweep) as one Redis transaction; see the module docstring. A record whose processing
+        raises (`_parse`, the apply step below, or its SKU's decision in `_decide`) is dead-lettered with the reason
+        and undone from the state; the rest of the batch goes on. `doomed` records are dead-lettered unread."""
+        parsed = self._parse(messages, doomed)
         partitions: list[tuple[str, int]] = sorted({(cast(str, m.topic()), cast(int, m.partition())) for m in messages})
         offset_keys = [self.keys.offset(t, p) for t, p in partitions]
         skus = {cast(Any, r).sku for _, _, r, _ in parsed if r is not None} | set(sweep[2] if sweep else [])
@@ -359,12 +483,9 @@ class AgentLoop:
             counts: Counter[tuple[str, str]] = Counter()
 
             now = now_ms()
-            states: dict[str, InventoryState] = {}
-            for sku, raw in raw_states.items():
-                states[sku] = (
-                    InventoryState.model_validate_json(raw) if raw else InventoryState.new(sku, self.catalog(sku))
-                )
-            before = {sku: self._stock(states[sku]) for sku, raw in raw_states.items() if raw}
+            states, corrupt = self._load_states(raw_states)
+            kept_forecasts = {sku: state.forecast for sku, state in states.items()}
+            before = {sku: self._stock(states[sku]) for sku, raw in raw_states.items() if raw and sku not in corrupt}
             flow = PurchaseFlow()
             touched: set[str] = set()
             new_ids: set[str] = set()
@@ -387,43 +508,60 @@ class AgentLoop:
                     counts[source, "invalid"] += 1
                     continue
                 sku = cast(Any, record).sku
-                state = states[sku]
-                if isinstance(record, Forecast):
-                    touched.add(sku)
-                    state.store_forecast(record)
-                    period = clock_for(record.freq, self.config.review_periods).period_start(record.start)
-                    newest_forecast = max(newest_forecast, record.issued_at)
-                    if period > clock_period and self._not_ahead(period, now):
-                        clock_period, clock_freq = period, record.freq
-                    last = state.last_decision_period_ms
-                    pending = triggers.get(sku)
-                    if (last is None or period > last) and (pending is None or period >= pending.period_ms):
-                        triggers[sku] = Trigger(period, record.freq, record, consumed_at)
-                        counts[source, "decides"] += 1
-                    else:
-                        counts[source, "period_decided"] += 1
+                if sku in corrupt:
+                    letters.append((msg, corrupt[sku]))
+                    counts[source, "corrupt_state"] += 1
                     continue
-                key = f"e:{record.event_id}" if isinstance(record, Event) else f"r:{cast(Receipt, record).receipt_id}"
-                if key in seen or key in new_ids:
-                    counts[source, "duplicate"] += 1
-                    continue
-                if isinstance(record, Event):
-                    on_hand_before = state.on_hand
-                    lost_sales = self.catalog(sku).lost_sales
-                    if not state.apply_event(
-                        record, lost_sales=lost_sales, returns_restock=self.config.returns_restock
-                    ):
-                        counts[source, "ignored"] += 1
+                state, prior = states[sku], triggers.get(sku)
+                snapshot = state.snapshot()
+                try:
+                    if isinstance(record, Forecast):
+                        touched.add(sku)
+                        state.store_forecast(record)
+                        period = clock_for(record.freq, self.config.review_periods).period_start(record.start)
+                        newest_forecast = max(newest_forecast, record.issued_at)
+                        if period > clock_period and self._not_ahead(period, now):
+                            clock_period, clock_freq = period, record.freq
+                        last = state.last_decision_period_ms
+                        pending = triggers.get(sku)
+                        if (last is None or period > last) and (pending is None or period >= pending.period_ms):
+                            triggers[sku] = Trigger(period, record.freq, record, consumed_at, msg)
+                            counts[source, "decides"] += 1
+                        else:
+                            counts[source, "period_decided"] += 1
                         continue
-                    if record.type == "purchase":
-                        flow.add(on_hand_before, record.qty)
-                    if self._not_ahead(record.ts, now):
-                        newest_event = max(newest_event, record.ts)
-                    counts[source, record.type] += 1
-                else:
-                    counts[source, f"receipt_{state.apply_receipt(cast(Receipt, record))}"] += 1
-                new_ids.add(key)
-                touched.add(sku)
+                    key = (
+                        f"e:{record.event_id}" if isinstance(record, Event) else f"r:{cast(Receipt, record).receipt_id}"
+                    )
+                    if key in seen or key in new_ids:
+                        counts[source, "duplicate"] += 1
+                        continue
+                    if isinstance(record, Event):
+                        on_hand_before = state.on_hand
+                        lost_sales = self.catalog(sku).lost_sales
+                        if not state.apply_event(
+                            record, lost_sales=lost_sales, returns_restock=self.config.returns_restock
+                        ):
+                            counts[source, "ignored"] += 1
+                            continue
+                        if record.type == "purchase":
+                            flow.add(on_hand_before, record.qty)
+                        if self._not_ahead(record.ts, now):
+                            newest_event = max(newest_event, record.ts)
+                        counts[source, record.type] += 1
+                    else:
+                        counts[source, f"receipt_{state.apply_receipt(cast(Receipt, record))}"] += 1
+                    new_ids.add(key)
+                    touched.add(sku)
+                except Exception as exc:  # this record is a dead letter; the state is as it was before it
+                    log.exception("applying %s record at %s failed", source, _where(msg))
+                    states[sku] = snapshot
+                    if prior is None:
+                        triggers.pop(sku, None)
+                    else:
+                        triggers[sku] = prior
+                    letters.append((msg, f"processing failed: {type(exc).__name__}: {exc}"))
+                    counts[source, "failed"] += 1
 
             clock_update = self._clock_update(clock, clock_period, clock_freq, newest_event, newest_forecast, now)
             if sweep is not None:
@@ -433,16 +571,26 @@ class AgentLoop:
                     if swept_trigger is not None:
                         triggers[sku] = swept_trigger
 
+            failed: dict[str, str] = {}
+            decided = self._decide(triggers, states, spent, now, failed)
+            for sku, why in failed.items():  # the state is as before the decision; the forecast is not kept
+                trigger = triggers.pop(sku)
+                if trigger.forecast is not None:
+                    states[sku].forecast = kept_forecasts.get(sku)
+                if trigger.message is not None:
+                    letters.append((trigger.message, why))
+                    counts["forecast", "decision_failed"] += 1
+            touched |= set(triggers) | set(corrupt)
+
             if letters:  # at-least-once: acknowledged before the offsets that skip them are stored
                 for msg, why in letters:
                     self.dead_letters.send_message(msg, why)
                 if self.producer.flush(self.config.flush_timeout_s) > 0:
                     raise redis.RedisError("dead letters not acknowledged; batch retried")  # retried like Redis
 
-            decided = self._decide(triggers, states, spent, now)
-            touched |= set(triggers)
-
             tx.multi()
+            for sku in corrupt:
+                tx.set(self.keys.corrupt(sku), cast(bytes, raw_states[sku]), ex=self.config.decision_ttl_s)
             if touched:
                 for sku in touched:
                     states[sku].updated_at = now
@@ -470,12 +618,37 @@ class AgentLoop:
             answers = tx.execute()
         for (source, label), n in counts.items():
             RECORDS.labels(source=source, outcome=label).inc(n)
+        STATE_RESETS.inc(len(corrupt))
         count_purchases(flow)
         if touched:
             show_totals(StockTotals(*(float(a) for a in answers[-3:])))
         self._count(decided, triggers, states)
         outcome.decisions = decided
         return outcome
+
+    def _load_states(self, raw_states: dict[str, bytes | None]) -> tuple[dict[str, InventoryState], dict[str, str]]:
+        """Each SKU's stored state (a new one when none), and the SKUs whose stored state is corrupt, with the reason.
+
+        A corrupt state cannot be repaired from what is left of it: the SKU starts again from its defaults (as a new
+        SKU: `initial_on_hand`, no pipeline), logged and counted (`shelfcast_agent_state_resets_total`); the corrupt
+        value is kept at `{ks}:corrupt:{sku}` for whoever reconciles the SKU with the ERP, and the records of that SKU
+        in the batch that found it are dead-lettered with the reason (they can be replayed from there). Later
+        records apply to the new state."""
+        states: dict[str, InventoryState] = {}
+        corrupt: dict[str, str] = {}
+        for sku, raw in raw_states.items():
+            if not raw:
+                states[sku] = InventoryState.new(sku, self.catalog(sku))
+                continue
+            try:
+                states[sku] = parse_state(sku, raw)
+            except CorruptState as exc:
+                log.error("%s; reset to the SKU's defaults, the value kept at %s", exc, self.keys.corrupt(sku))
+                states[sku] = InventoryState.new(sku, self.catalog(sku))
+                corrupt[sku] = (
+                    f"{exc}; the state was reset to the SKU's defaults (the old value: {self.keys.corrupt(sku)})"
+                )
+        return states, corrupt
 
     def _stock(self, state: InventoryState) -> StockTotals:
         return StockTotals.of_state(state, self.catalog(state.sku).unit_cost)
@@ -500,45 +673,110 @@ class AgentLoop:
 
     # ------------------------------------------------------------------------------------------------ deciding
     def _decide(
-        self, triggers: dict[str, Trigger], states: dict[str, InventoryState], spent: dict[int, float], now: int
+        self,
+        triggers: dict[str, Trigger],
+        states: dict[str, InventoryState],
+        spent: dict[int, float],
+        now: int,
+        failed: dict[str, str] | None = None,
     ) -> list[Decided]:
-        """Orders and prices for the triggered SKUs, in SKU order (so the budget is spent deterministically)."""
+        """Orders and prices for the triggered SKUs, in SKU order (so the budget is spent deterministically). A SKU
+        whose decision raises is left undecided with its state as before and put in `failed` with the reason; the
+        others are decided. (With no `failed` given, the error is raised.)"""
         if not triggers:
             return []
+        failures: dict[str, str] = {}
         plans: dict[str, tuple[OrderPlan, str | None, str, str]] = {}
         views: list[SkuView] = []
         history = self._daily_history(triggers, now)
         for sku in sorted(triggers):
-            trigger, state, params = triggers[sku], states[sku], self.catalog(sku)
-            quantiles, first_step, source, fallback = self._demand(trigger, state, params, now, history.get(sku))
-            plan = capped_base_stock(
-                state.inventory_position, quantiles, params, self.config.review_periods, first_step, source
-            )
-            if fallback is None and self.config.model_dir is not None and self.policy is None:
-                fallback = "no_model"
-            plans[sku] = (plan, fallback, BASE_STOCK, BASE_STOCK_VERSION)
-            if fallback is None and self.policy is not None:
-                periods = params.protection_periods + self.config.review_periods
-                per_period, _ = per_period_quantiles(quantiles, first_step, periods)
-                step = clock_for(trigger.freq, self.config.review_periods).step(trigger.period_ms)
-                slots = state.pipeline_slots(step)
-                views.append(SkuView(sku, params, state.on_hand, slots, state.price, per_period, plan.wanted))
+            try:
+                view = self._plan(sku, triggers[sku], states[sku], now, history.get(sku), plans)
+            except Exception as exc:
+                failures[sku] = self._decision_failed(sku, exc, failed is None)
+                continue
+            if view is not None:
+                views.append(view)
         if views and self.policy is not None:
             self._learned(views, plans)
 
         decided: list[Decided] = []
-        for sku in sorted(triggers):
-            trigger, state, params = triggers[sku], states[sku], self.catalog(sku)
-            plan, fallback, policy, version = plans[sku]
-            if self.config.budget_per_period is not None:
-                before = plan
-                plan = apply_budget(plan, params, self.config.budget_per_period - spent.get(trigger.period_ms, 0.0))
-                if plan.budget_cut and not before.budget_cut:
-                    BUDGET_CUTS.inc()
-                spent[trigger.period_ms] = spent.get(trigger.period_ms, 0.0) + params.unit_cost * plan.qty
-            if fallback is not None:
-                plan = _with_reason(plan, f"{plan.reason} [fallback: {fallback.replace('_', ' ')}]")
-            decided += self._record(sku, trigger, state, params, plan, fallback, policy, version, now)
+        for sku in sorted(set(triggers) - set(failures)):
+            snapshot = states[sku].snapshot()
+            try:
+                decided += self._order(sku, triggers[sku], states[sku], plans[sku], spent, now)
+            except Exception as exc:
+                states[sku] = snapshot
+                failures[sku] = self._decision_failed(sku, exc, failed is None)
+        if failed is not None:
+            failed.update(failures)
+        return decided
+
+    def _decision_failed(self, sku: str, exc: Exception, reraise: bool) -> str:
+        if reraise:
+            raise exc
+        log.error("the decision for %s failed; its trigger is dead-lettered", sku, exc_info=exc)
+        return f"decision failed for {sku}: {type(exc).__name__}: {exc}"
+
+    def _plan(
+        self,
+        sku: str,
+        trigger: Trigger,
+        state: InventoryState,
+        now: int,
+        daily: tuple[np.ndarray, np.ndarray] | None,
+        plans: dict[str, tuple[OrderPlan, str | None, str, str]],
+    ) -> SkuView | None:
+        """The capped base-stock plan of one SKU into `plans`; what the learned policy needs of it, if it asks."""
+        params = self.catalog(sku)
+        quantiles, first_step, source, fallback = self._demand(trigger, state, params, now, daily)
+        plan = capped_base_stock(
+            state.inventory_position, quantiles, params, self.config.review_periods, first_step, source
+        )
+        if fallback is None and self.config.model_dir is not None and self.policy is None:
+            fallback = "no_model"
+        plans[sku] = (plan, fallback, BASE_STOCK, BASE_STOCK_VERSION)
+        if fallback is None and self.policy is not None:
+            periods = params.protection_periods + self.config.review_periods
+            per_period, _ = per_period_quantiles(quantiles, first_step, periods)
+            step = clock_for(trigger.freq, self.config.review_periods).step(trigger.period_ms)
+            slots = state.pipeline_slots(step)
+            return SkuView(sku, params, state.on_hand, slots, state.price, per_period, plan.wanted)
+        return None
+
+    def _order(
+        self,
+        sku: str,
+        trigger: Trigger,
+        state: InventoryState,
+        planned: tuple[OrderPlan, str | None, str, str],
+        spent: dict[int, float],
+        now: int,
+    ) -> list[Decided]:
+        """The guardrails on one SKU's plan (recent demand, budget), then its decision records."""
+        params = self.catalog(sku)
+        plan, fallback, policy, version = planned
+        clock = clock_for(trigger.freq, self.config.review_periods)
+        last = state.last_decision_period_ms
+        periods = clock.step(trigger.period_ms) - clock.step(last) if last is not None else 1
+        plan = cap_to_recent_demand(
+            plan,
+            params,
+            state.recent_demand(periods),
+            self.config.max_order_demand_multiple,
+            self.config.max_order_floor_units,
+            self.config.review_periods,
+        )
+        if self.config.budget_per_period is not None:
+            before = plan
+            plan = apply_budget(plan, params, self.config.budget_per_period - spent.get(trigger.period_ms, 0.0))
+            if plan.budget_cut and not before.budget_cut:
+                BUDGET_CUTS.inc()
+        if fallback is not None:
+            plan = _with_reason(plan, f"{plan.reason} [fallback: {fallback.replace('_', ' ')}]")
+        decided = self._record(sku, trigger, state, params, plan, fallback, policy, version, now)
+        if self.config.budget_per_period is not None:
+            spent[trigger.period_ms] = spent.get(trigger.period_ms, 0.0) + params.unit_cost * plan.qty
         return decided
 
     def _demand(
@@ -949,6 +1187,45 @@ class AgentLoop:
             "newest_forecast_age_s": round(newest_age_s, 1),
             "forecast_max_age_s": self.config.forecast_max_age_s,
         }
+
+
+def _where(msg: Message) -> tuple[str, int, int]:
+    return cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+
+
+def _offset_ranges(messages: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (first, last) offset of the messages."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for msg in messages:
+        topic, partition, offset = _where(msg)
+        first, last = ranges.get((topic, partition), (offset, offset))
+        ranges[topic, partition] = (min(first, offset), max(last, offset))
+    return ranges
+
+
+def _isolating(messages: list[Message], alone: Collection[tuple[str, int, int]]) -> list[list[Message]]:
+    """The messages in order, in chunks: each one in `alone` by itself, the others together between them."""
+    if not alone:
+        return [messages]
+    chunks: list[list[Message]] = []
+    run: list[Message] = []
+    for msg in messages:
+        if _where(msg) in alone:
+            chunks += [run, [msg]] if run else [[msg]]
+            run = []
+        else:
+            run.append(msg)
+    return [*chunks, run] if run else chunks
+
+
+def _future(what: str, ms: int, limit: int, bound: str) -> str | None:
+    if ms <= limit:
+        return None
+    return f"future_ts: {what} {_iso(ms)} is beyond this agent's {bound} ({_iso(limit)})"
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _with_reason(plan: OrderPlan, reason: str) -> OrderPlan:

@@ -11,6 +11,9 @@
 | `{ks}:skus` | sorted set | every SKU with state, scored by the start of its last decision period (0: none yet) |
 | `{ks}:clock` | hash | the newest decision period seen on the forecasts (`period_ms`, `freq`, `advanced_at_ms`) |
 | `{ks}:totals` | hash | `on_hand`, `pipeline`, `value` summed over the SKUs (`StockTotals`), rebuilt at start-up |
+| `{ks}:inflight:{topic}:{partition}` | string | `first:last` offsets of the records being applied (a crash leaves it) |
+| `{ks}:crashes:{topic}:{partition}` | hash | offset -> how many crashed runs had that record in flight (crash ledger) |
+| `{ks}:corrupt:{sku}` | string | the last stored state of the SKU that did not parse, kept when it was reset |
 
 `{ks}` is `SHELFCAST_AGENT_KEYSPACE` (default `sc:agent`).
 
@@ -64,6 +67,15 @@ class Keys:
 
     def seen(self, bucket: int) -> str:
         return f"{self.ks}:seen:{bucket}"
+
+    def inflight(self, topic: str, partition: int) -> str:
+        return f"{self.ks}:inflight:{topic}:{partition}"
+
+    def crashes(self, topic: str, partition: int) -> str:
+        return f"{self.ks}:crashes:{topic}:{partition}"
+
+    def corrupt(self, sku: str) -> str:
+        return f"{self.ks}:corrupt:{sku}"
 
 
 class _Model(BaseModel):
@@ -143,6 +155,10 @@ class InventoryState(_Model):
     def new(cls, sku: str, params: SkuParams) -> InventoryState:
         price = params.pricing.base_price if params.pricing is not None else None
         return cls(sku=sku, on_hand=float(params.initial_on_hand), price=price)
+
+    def snapshot(self) -> InventoryState:
+        """A copy that applying records to this state leaves unchanged (to undo a record that failed halfway)."""
+        return self.model_copy(update={"pipeline": [o.model_copy() for o in self.pipeline]})
 
     @property
     def on_order(self) -> float:
