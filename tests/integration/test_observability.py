@@ -7,6 +7,10 @@ A `prometheus` (Debian's package, installed by `make test`) scrapes them every s
 rewritten to those ports and the alert rules loaded. Then every panel query of every dashboard must be accepted
 and return data, and every alert expression must be accepted and evaluate without error. A panel without data
 names the metrics that no target exports.
+
+A second test runs the agent with no forecaster while purchases keep coming, and proves that the two alerts on
+that (no decisions while purchases arrive; forecasts stale) fire, from a copy of the rules with shorter `for:` and
+ranges, while the agent goes on deciding on its own forecast from the feature store's daily windows.
 """
 
 import datetime
@@ -16,22 +20,26 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import yaml
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from shelfcast.contracts import Forecast
+from shelfcast.contracts import Event, FeatureWindow, Forecast, Reorder
 from shelfcast.infra import ManagedProcess, free_port, start_service
-from shelfcast.kafka import ensure_topics, make_producer, produce
+from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
+from shelfcast.store import FeatureStore, connect_redis
+from shelfcast_agent.state import InventoryState, LastDecision, inventory_key
 
 pytestmark = pytest.mark.integration
 
@@ -135,10 +143,10 @@ def test_dashboards_are_grafana_json_on_the_provisioned_datasource() -> None:
 class Prometheus:
     """A `prometheus` process scraping `ports` (job name -> loopback port) every second, with the alert rules."""
 
-    def __init__(self, ports: dict[str, int], work: Path) -> None:
+    def __init__(self, ports: dict[str, int], work: Path, rules: list[Path] | None = None) -> None:
         config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
         config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-        config["rule_files"] = [str(path.resolve()) for path in rule_files()]
+        config["rule_files"] = [str(path.resolve()) for path in (rules or rule_files())]
         for job in config["scrape_configs"]:
             for static in job["static_configs"]:
                 static["targets"] = [f"127.0.0.1:{ports[job['job_name']]}"]
@@ -183,6 +191,11 @@ class Prometheus:
             if set(targets) == JOBS and all(health == "up" for health in targets.values()):
                 return
             time.sleep(0.5)
+
+    def firing(self) -> set[str]:
+        """Names of the alerts in state `firing` now."""
+        alerts = self.http.get("/api/v1/alerts").json()["data"]["alerts"]
+        return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
     def exported(self) -> set[str]:
         return set(self.http.get("/api/v1/label/__name__/values").json()["data"])
@@ -371,3 +384,150 @@ def test_prometheus_scrapes_every_service_and_every_panel_and_alert_query_works(
         assert len(queries) > 40 and len(rules) >= 5
     finally:
         prom.stop()
+
+
+# ------------------------------------------------------------------------------------- the forecaster stopped
+FORECAST_ALERTS = ("ShelfcastAgentNoDecisionsWhilePurchasesArrive", "ShelfcastAgentForecastsStale")
+GRACE_S, MAX_AGE_S = 15, 20  # the agent's missing-forecast grace and forecast_max_age_s in this test
+DAY_MS = 86_400_000
+
+
+def quick_rules(work: Path, window: str) -> Path:
+    """alerts.yml with every `for:` at 1s and the agent alerts' 25h range at `window`; the expressions are ours."""
+    groups = yaml.safe_load((PROMETHEUS_CONFIG.parent / "alerts.yml").read_text())
+    for group in groups["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "1s"
+            rule["expr"] = rule["expr"].replace("[25h]", f"[{window}]")
+    path = work / "alerts-quick.yml"
+    path.write_text(yaml.safe_dump(groups))
+    return path
+
+
+def reorders_on(settings: Settings, topic: str) -> list[Reorder]:
+    consumer = make_consumer(settings, f"it-obs-read-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    remaining, found = set(meta.partitions), []
+    deadline = time.monotonic() + 20
+    while remaining and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            remaining.discard(msg.partition())
+            continue
+        found.append(Reorder.from_bytes(msg.value()))
+    consumer.close()
+    assert not remaining, f"{topic} not read to its end"
+    return found
+
+
+class Purchases:
+    """Purchases of `skus` on the events topic every 0.3 s, dated in the simulated day `day_ms`, until stopped."""
+
+    def __init__(self, settings: Settings, skus: list[str], day_ms: int) -> None:
+        self.settings, self.skus, self.day_ms = settings, skus, day_ms
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        producer = make_producer(self.settings)
+        while not self.stop.is_set():
+            for sku in self.skus:
+                ts = self.day_ms + 3_600_000 + self.sent * 1_000  # within the day, moving on
+                event = Event(
+                    event_id=uuid.uuid4().hex, type="purchase", sku=sku, ts=ts, qty=1, price=10.0, currency="EUR"
+                )
+                produce(producer, self.settings.topics.events, event)
+                self.sent += 1
+            producer.flush(5)
+            self.stop.wait(0.3)
+        producer.flush(5)
+
+
+def test_with_the_forecaster_stopped_the_agent_decides_on_daily_windows_and_both_alerts_fire(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """No forecaster at all, purchases keep coming: while the missing-forecast grace runs, no decision is made and
+    "no decisions while purchases arrive" fires; "forecasts stale" fires once the agent waited forecast_max_age_s;
+    meanwhile the agent decides every SKU every period on its own forecast from the feature store's daily windows."""
+    run = uuid.uuid4().hex[:8]
+    topics = TopicNames(**{field: f"it.obs.stop.{field}.{run}" for field in TopicNames.model_fields})
+    configured = settings.model_copy(update={"topics": topics})
+    ensure_topics(configured)
+    skus = [f"STOP-{run}-{i}" for i in range(3)]
+    day = int(datetime.datetime.combine(START, datetime.time(), datetime.UTC).timestamp() * 1000) + 20 * DAY_MS
+    windows = [
+        FeatureWindow(
+            sku=sku, granularity="1d", window_start=day - d * DAY_MS, window_end=day - (d - 1) * DAY_MS, units=4 + i
+        )
+        for i, sku in enumerate(skus)
+        for d in range(1, 15)
+    ]
+    FeatureStore(connect_redis(settings.redis_url)).write(windows)  # what the features job wrote before
+    port = free_port()
+    env = {
+        "SHELFCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SHELFCAST_REDIS_URL": settings.redis_url,
+        "SHELFCAST_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+        "SHELFCAST_STATE_DIR": str(tmp_path / "state"),
+        "SHELFCAST_READ_API_KEYS": json.dumps(sorted(settings.load_read_api_keys())),
+        **{f"SHELFCAST_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
+        "SHELFCAST_AGENT_GROUP_ID": f"it-obs-stop-{run}",
+        "SHELFCAST_AGENT_KEYSPACE": f"it:obs:stop:{run}",
+        "SHELFCAST_AGENT_SWEEP_INTERVAL_S": "0.2",
+        "SHELFCAST_AGENT_MISSING_FORECAST_GRACE_S": str(GRACE_S),
+        "SHELFCAST_AGENT_FORECAST_MAX_AGE_S": str(MAX_AGE_S),
+    }
+    url = f"http://127.0.0.1:{port}"
+    agent = start_service(
+        "inventory-agent", ["agent", "run", "--port", str(port)], env, f"{url}/readyz", tmp_path / "a.log"
+    )
+    ports = {job: free_port() for job in JOBS} | {"inventory-agent": port}  # only the agent runs
+    prom = Prometheus(ports, tmp_path / "prometheus", [quick_rules(tmp_path, "20s")])
+    fired: set[str] = set()
+
+    def until(check: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fired.update(prom.firing())
+            value = check()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}; alerts fired: {sorted(fired)}; log: {agent.log}")
+
+    purchases = Purchases(configured, skus, day)
+    try:
+        redis_client = connect_redis(settings.redis_url)
+
+        def decided(period: int) -> list[LastDecision] | None:
+            raw = cast(list[bytes | None], redis_client.mget([inventory_key(s) for s in skus]))
+            states = [InventoryState.model_validate_json(r) for r in raw if r is not None]
+            last = [s.last_decision for s in states if s.last_decision is not None]
+            return last if len(last) == len(skus) and all(d.period_ms == period for d in last) else None
+
+        first = until(lambda: decided(day), GRACE_S + 30, "every SKU decided for the first day")
+        assert "ShelfcastAgentNoDecisionsWhilePurchasesArrive" in fired  # during the grace, before the decisions
+        purchases.day_ms = day + DAY_MS  # the next simulated day: purchases move the agent's clock on
+        second = until(lambda: decided(day + DAY_MS), GRACE_S + 30, "every SKU decided for the second day")
+        until(lambda: set(FORECAST_ALERTS) <= fired, 30, "both alerts firing")
+
+        for last in first + second:
+            assert last.fallback == "missing_forecast", last
+            assert "from feature store daily windows" in last.reason and "[fallback: missing forecast]" in last.reason
+        reorders = reorders_on(configured, topics.reorders)
+        assert {r.decision_id for r in reorders} >= {f"{s}:{day}" for s in skus}  # each SKU ordered on day one
+        assert all("from feature store daily windows" in r.reason for r in reorders)
+        assert len({r.decision_id for r in reorders}) == len(reorders)
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["status"] == "ready" and ready["deciding_on_fallbacks"] is True
+        assert ready["last_decision_fallback"] == "missing_forecast" and ready["newest_forecast_age_s"] > MAX_AGE_S
+    finally:
+        purchases.stop.set()
+        purchases.thread.join(10)
+        prom.stop()
+        agent.stop()
