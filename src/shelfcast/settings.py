@@ -5,8 +5,9 @@ Nested values use a double underscore: `SHELFCAST_TOPICS__EVENTS=my.events`.
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1, le=16)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: Path | None = Field(
+        default=None, description="a file holding Redis's password, put into redis_url (a compose or k8s secret)"
+    )
     state_dir: Path = Path(".shelfcast")
     topics: TopicNames = TopicNames()
 
@@ -49,6 +53,12 @@ class Settings(BaseSettings):
         description="how far ahead of a service's own clock a record's time may be before it is rejected as future_ts",
     )
 
+    @model_validator(mode="after")
+    def _redis_password_from_file(self) -> "Settings":
+        if self.redis_password_file is not None:
+            self.redis_url = url_with_password(self.redis_url, self.redis_password_file.read_text().strip())
+        return self
+
     def load_api_keys(self) -> set[str]:
         """Keys from `SHELFCAST_API_KEYS` and, when set, `SHELFCAST_API_KEYS_FILE` (blank lines and # ignored)."""
         return _load_keys(self.api_keys, self.api_keys_file)
@@ -56,6 +66,14 @@ class Settings(BaseSettings):
     def load_read_api_keys(self) -> set[str]:
         """Read keys from `SHELFCAST_READ_API_KEYS` and `SHELFCAST_READ_API_KEYS_FILE`, as `load_api_keys`."""
         return _load_keys(self.read_api_keys, self.read_api_keys_file)
+
+
+def url_with_password(url: str, password: str) -> str:
+    """`redis://host:6379/0` -> `redis://:PASSWORD@host:6379/0` (a user name in the URL is kept)."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def _load_keys(listed: list[SecretStr], file: Path | None) -> set[str]:

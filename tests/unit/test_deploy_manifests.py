@@ -55,7 +55,9 @@ UPSTREAM_IMAGES = frozenset(
 )
 FLINK_REST_PORT = 8081  # Flink's own (the JobManager's REST API and UI), not a Shelfcast setting
 # Files the operator creates before `docker compose up` (never committed): they need not exist here.
-OPERATOR_PROVIDED = frozenset({"secrets/api_keys"})
+OPERATOR_PROVIDED = frozenset(
+    {"secrets/api_keys", "secrets/read_api_keys", "secrets/redis_password", "secrets/grafana_admin_password"}
+)
 # Manifests in deploy/k8s that kustomization.yaml must not list.
 NOT_RESOURCES = frozenset({"kustomization.yaml", "kustomizeconfig.yaml"})
 
@@ -709,6 +711,182 @@ def check_kubernetes(manifests: dict[str, list[dict[str, Any]]], root: Path = RO
     return errors
 
 
+# ------------------------------------------------------------------------------------------- locked surfaces
+
+# Compose services published beyond localhost; every other published port must be bound to 127.0.0.1.
+PUBLIC_COMPOSE_SERVICES = frozenset({"ingest", "grafana"})
+# Compose services that talk to Redis (and so need its password), and those serving the read APIs.
+COMPOSE_REDIS_CLIENTS = frozenset(
+    {
+        "kafka-topics",
+        "flink-jobmanager",
+        "flink-taskmanager",
+        "features-job",
+        "forecaster",
+        "forecaster-gpu",
+        "inventory-agent",
+    }
+)
+COMPOSE_READ_APIS = frozenset({"forecaster", "forecaster-gpu", "inventory-agent"})
+# Kubernetes workloads (pod app.kubernetes.io/name, or the FlinkDeployment's name) by what they reach.
+K8S_KAFKA_CLIENTS = frozenset({"ingest", "forecaster", "inventory-agent", "shelfcast-topics", "shelfcast-features"})
+K8S_REDIS_CLIENTS = frozenset({"forecaster", "inventory-agent", "shelfcast-topics", "shelfcast-features"})
+K8S_READ_APIS = frozenset({"forecaster", "inventory-agent"})
+KAFKA_CLIENT_LABEL, REDIS_CLIENT_LABEL = "shelfcast.io/kafka-client", "shelfcast.io/redis-client"
+FLINK_LOCKS = ("web.submit.enable", "web.cancel.enable")
+
+
+def _secret_file(service: dict[str, Any], variable: str) -> str | None:
+    """The compose secret a `*_FILE` variable points at (/run/secrets/NAME), if the service mounts it."""
+    path = str((service.get("environment") or {}).get(variable) or "")
+    name = path.removeprefix("/run/secrets/")
+    mounted = {s if isinstance(s, str) else s.get("source") for s in service.get("secrets") or []}
+    return name if path.startswith("/run/secrets/") and name in mounted else None
+
+
+def _flink_properties(text: str) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key.strip(): value.strip().strip('"') for key, value in pairs}
+
+
+def _published_beyond_localhost(entry: Any) -> bool:
+    if isinstance(entry, dict):
+        return "published" in entry and entry.get("host_ip") not in {"127.0.0.1", "::1"}
+    parts = str(entry).split("/", 1)[0].rsplit(":", 2)
+    return len(parts) >= 2 and (len(parts) == 2 or parts[0] not in {"127.0.0.1", "[::1]"})
+
+
+def check_compose_locks(compose: dict[str, Any]) -> list[str]:
+    services, errors = compose_services(compose), []
+    for name, service in services.items():
+        if name not in PUBLIC_COMPOSE_SERVICES:
+            errors += [
+                f"compose {name}: port {entry} is published beyond localhost"
+                for entry in service.get("ports") or []
+                if _published_beyond_localhost(entry)
+            ]
+        properties = (service.get("environment") or {}).get("FLINK_PROPERTIES")
+        if properties is not None:
+            flink = _flink_properties(properties)
+            errors += [f"compose {name}: Flink {key} is not false" for key in FLINK_LOCKS if flink.get(key) != "false"]
+    grafana = services.get("grafana", {})
+    environment = grafana.get("environment") or {}
+    if "GF_SECURITY_ADMIN_PASSWORD" in environment or _secret_file(grafana, "GF_SECURITY_ADMIN_PASSWORD__FILE") is None:
+        errors.append(
+            "compose grafana: the admin password does not come from a secret (GF_SECURITY_ADMIN_PASSWORD__FILE)"
+        )
+    if str(environment.get("GF_AUTH_ANONYMOUS_ENABLED")).lower() != "false":
+        errors.append("compose grafana: anonymous access is not off (GF_AUTH_ANONYMOUS_ENABLED)")
+    redis = services.get("redis", {})
+    command = " ".join(_argv(redis.get("command")))
+    redis_secret = next((s for s in redis.get("secrets") or [] if f"/run/secrets/{s}" in command), None)
+    if "requirepass" not in command or redis_secret is None:
+        errors.append("compose redis: no requirepass from a mounted secret")
+    if "/run/secrets/" not in " ".join(_argv((redis.get("healthcheck") or {}).get("test"))):
+        errors.append("compose redis: the health check does not authenticate")
+    for name in sorted(COMPOSE_REDIS_CLIENTS):
+        if _secret_file(services.get(name, {}), "SHELFCAST_REDIS_PASSWORD_FILE") != redis_secret:
+            errors.append(f"compose {name}: does not use Redis's password (SHELFCAST_REDIS_PASSWORD_FILE, its secret)")
+    write_secret = _secret_file(services.get("ingest", {}), "SHELFCAST_API_KEYS_FILE")
+    for name in sorted(COMPOSE_READ_APIS):
+        read_secret = _secret_file(services.get(name, {}), "SHELFCAST_READ_API_KEYS_FILE")
+        if read_secret is None or read_secret == write_secret:
+            errors.append(f"compose {name}: no read keys of its own (SHELFCAST_READ_API_KEYS_FILE from a secret)")
+    return errors
+
+
+def _workloads(manifests: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[dict[str, str], list[dict[str, Any]]]]:
+    """Workload name -> (pod labels, containers): Deployments and Jobs by app.kubernetes.io/name, the FlinkDeployment
+    by its name."""
+    out = {}
+    for _, doc in all_docs(manifests):
+        if doc.get("kind") == "FlinkDeployment":
+            template = doc["spec"].get("podTemplate") or {}
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            out[doc["metadata"]["name"]] = (labels, list((template.get("spec") or {}).get("containers") or []))
+        elif containers(doc):
+            labels = doc["spec"]["template"].get("metadata", {}).get("labels") or {}
+            out[labels.get("app.kubernetes.io/name", doc["metadata"]["name"])] = (labels, containers(doc))
+    return out
+
+
+def _secret_env(container: dict[str, Any], variable: str) -> str | None:
+    """The Secret key a container's `variable` comes from; None when it is not set from a Secret."""
+    for entry in container.get("env") or []:
+        if entry.get("name") == variable:
+            return ((entry.get("valueFrom") or {}).get("secretKeyRef") or {}).get("key")
+    return None
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return (policy["spec"].get("podSelector") or {}).get("matchLabels") == labels
+
+
+def _only_from(policy: dict[str, Any], label: str, port: int) -> bool:
+    rules = policy["spec"].get("ingress") or []
+    sources = [source for rule in rules for source in rule.get("from") or [{}]]
+    ports = {p.get("port") for rule in rules for p in rule.get("ports") or [{}]}
+    return (
+        bool(rules) and ports == {port} and all(s == {"podSelector": {"matchLabels": {label: "true"}}} for s in sources)
+    )
+
+
+def check_kubernetes_locks(manifests: dict[str, list[dict[str, Any]]]) -> list[str]:
+    errors = []
+    docs = [doc for _, doc in all_docs(manifests)]
+    for doc in docs:
+        if doc.get("kind") == "FlinkDeployment":
+            flink = {k: str(v).lower() for k, v in (doc["spec"].get("flinkConfiguration") or {}).items()}
+            errors += [f"FlinkDeployment: {key} is not false" for key in FLINK_LOCKS if flink.get(key) != "false"]
+        exposed = doc.get("kind") == "Service" and doc["spec"].get("type", "ClusterIP") != "ClusterIP"
+        if exposed and doc["metadata"]["name"] != "ingest":
+            errors.append(f"Service {doc['metadata']['name']}: {doc['spec']['type']}, only ingest may be exposed")
+        if doc.get("kind") == "ConfigMap" and "SHELFCAST_REDIS_URL" in (doc.get("data") or {}):
+            errors.append(f"ConfigMap {doc['metadata']['name']}: SHELFCAST_REDIS_URL (with Redis's password) in plain")
+    for name, (labels, pod_containers) in _workloads(manifests).items():
+        for label, clients in ((KAFKA_CLIENT_LABEL, K8S_KAFKA_CLIENTS), (REDIS_CLIENT_LABEL, K8S_REDIS_CLIENTS)):
+            if (labels.get(label) == "true") != (name in clients):
+                errors.append(f"{name}: label {label} is {labels.get(label)}, expected only on {sorted(clients)}")
+        for container in pod_containers:
+            uses_redis = _secret_env(container, "SHELFCAST_REDIS_URL") is not None
+            if uses_redis != (name in K8S_REDIS_CLIENTS):
+                errors.append(
+                    f"{name}: SHELFCAST_REDIS_URL from the Secret is {uses_redis}, expected only on Redis's clients"
+                )
+            read_key = _secret_env(container, "SHELFCAST_READ_API_KEYS")
+            if name in K8S_READ_APIS and (read_key is None or read_key == _secret_env(container, "SHELFCAST_API_KEYS")):
+                errors.append(f"{name}: no read keys of its own (SHELFCAST_READ_API_KEYS from the Secret)")
+    policies = [doc for doc in docs if doc.get("kind") == "NetworkPolicy"]
+    if not any(
+        p["spec"].get("podSelector") == {}
+        and p["spec"].get("policyTypes") == ["Ingress"]
+        and not p["spec"].get("ingress")
+        for p in policies
+    ):
+        errors.append("NetworkPolicy: no default deny of ingress in the namespace")
+    for server, label, port in (("redis", REDIS_CLIENT_LABEL, 6379), ("kafka", KAFKA_CLIENT_LABEL, 9092)):
+        guarding = [p for p in policies if _selects(p, {"app.kubernetes.io/name": server})]
+        if not guarding or not all(_only_from(p, label, port) for p in guarding):
+            errors.append(f"NetworkPolicy: {server} does not take ingress only from pods labelled {label} on {port}")
+    non_clients = [
+        p
+        for p in policies
+        if "Egress" in (p["spec"].get("policyTypes") or [])
+        and {"key": KAFKA_CLIENT_LABEL, "operator": "DoesNotExist"}
+        in (p["spec"]["podSelector"].get("matchExpressions") or [])
+        and {"key": REDIS_CLIENT_LABEL, "operator": "DoesNotExist"}
+        in (p["spec"]["podSelector"].get("matchExpressions") or [])
+    ]
+    dns_only = [
+        p
+        for p in non_clients
+        if all({q.get("port") for q in r.get("ports") or [{}]} == {53} for r in p["spec"].get("egress") or [])
+    ]
+    if not dns_only:
+        errors.append("NetworkPolicy: pods that are neither Kafka nor Redis clients are not limited to DNS egress")
+    return errors
+
+
 # -------------------------------------------------------------------------------------------------------- tests
 
 
@@ -798,6 +976,10 @@ def test_kubernetes(manifests: dict[str, list[dict[str, Any]]]) -> None:
     assert check_kubernetes(manifests) == []
 
 
+def test_surfaces_are_locked(compose: dict[str, Any], manifests: dict[str, list[dict[str, Any]]]) -> None:
+    assert check_compose_locks(compose) + check_kubernetes_locks(manifests) == []
+
+
 # ------------------------------------------------------------------------------- each check can fail
 
 
@@ -833,6 +1015,8 @@ def _run_all(data: dict[str, Any]) -> list[str]:
         *check_mounts(compose),
         *check_compose_order(compose, dockerfiles),
         *check_kubernetes(manifests),
+        *check_compose_locks(compose),
+        *check_kubernetes_locks(manifests),
     ]
 
 
@@ -996,6 +1180,147 @@ BREAKAGES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "prometheus scrapes an unknown host": (
         lambda d: d["prometheus"]["scrape_configs"][0]["static_configs"][0].update(targets=["ingester:8080"]),
         "ingester is no compose service of ours",
+    ),
+    # locked surfaces
+    "compose publishes redis on every interface": (
+        lambda d: _service(d, "redis").update(ports=["6379:6379"]),
+        "compose redis: port 6379:6379 is published beyond localhost",
+    ),
+    "compose publishes the agent on every interface (long form)": (
+        lambda d: _service(d, "inventory-agent").update(ports=[{"target": 8100, "published": 8100}]),
+        "compose inventory-agent: port {'target': 8100, 'published': 8100} is published beyond localhost",
+    ),
+    "compose flink accepts job uploads": (
+        lambda d: _service(d, "flink-jobmanager").update(
+            environment={
+                **_service(d, "flink-jobmanager")["environment"],
+                "FLINK_PROPERTIES": _service(d, "flink-jobmanager")["environment"]["FLINK_PROPERTIES"].replace(
+                    "web.submit.enable: false", "web.submit.enable: true"
+                ),
+            }
+        ),
+        "compose flink-jobmanager: Flink web.submit.enable is not false",
+    ),
+    "compose flink accepts cancels": (
+        lambda d: _service(d, "flink-taskmanager").update(
+            environment={
+                **_service(d, "flink-taskmanager")["environment"],
+                "FLINK_PROPERTIES": "jobmanager.rpc.address: flink-jobmanager\nweb.submit.enable: false\n",
+            }
+        ),
+        "compose flink-taskmanager: Flink web.cancel.enable is not false",
+    ),
+    "compose grafana password in plain": (
+        lambda d: _service(d, "grafana")["environment"].update(GF_SECURITY_ADMIN_PASSWORD="admin"),
+        "compose grafana: the admin password does not come from a secret",
+    ),
+    "compose grafana password file not mounted": (
+        lambda d: _service(d, "grafana").pop("secrets"),
+        "compose grafana: the admin password does not come from a secret",
+    ),
+    "compose grafana anonymous": (
+        lambda d: _service(d, "grafana")["environment"].pop("GF_AUTH_ANONYMOUS_ENABLED"),
+        "compose grafana: anonymous access is not off",
+    ),
+    "compose redis without a password": (
+        lambda d: _service(d, "redis").update(command=["redis-server", "--appendonly", "yes"]),
+        "compose redis: no requirepass from a mounted secret",
+    ),
+    "compose redis health check without the password": (
+        lambda d: _service(d, "redis")["healthcheck"].update(test=["CMD", "redis-cli", "ping"]),
+        "compose redis: the health check does not authenticate",
+    ),
+    "compose agent without the redis password": (
+        lambda d: _service(d, "inventory-agent").update(
+            environment={k: v for k, v in _service(d, "inventory-agent")["environment"].items() if "PASSWORD" not in k}
+        ),
+        "compose inventory-agent: does not use Redis's password",
+    ),
+    "compose features job without the redis secret": (
+        lambda d: _service(d, "features-job").pop("secrets"),
+        "compose features-job: does not use Redis's password",
+    ),
+    "compose forecaster reads with the write keys": (
+        lambda d: _service(d, "forecaster").update(
+            secrets=["api_keys", "redis_password"],
+            environment={
+                **_service(d, "forecaster")["environment"],
+                "SHELFCAST_READ_API_KEYS_FILE": "/run/secrets/api_keys",
+            },
+        ),
+        "compose forecaster: no read keys of its own",
+    ),
+    "k8s flink accepts cancels": (
+        lambda d: _doc(d, "deploy/flink/features-job.yaml", "FlinkDeployment")["spec"]["flinkConfiguration"].pop(
+            "web.cancel.enable"
+        ),
+        "FlinkDeployment: web.cancel.enable is not false",
+    ),
+    "k8s agent exposed": (
+        lambda d: _doc(d, "deploy/k8s/inventory-agent.yaml", "Service")["spec"].update(type="LoadBalancer"),
+        "Service inventory-agent: LoadBalancer, only ingest may be exposed",
+    ),
+    "k8s redis url in the configmap": (
+        lambda d: _doc(d, "deploy/k8s/configmap.yaml", "ConfigMap")["data"].update(
+            SHELFCAST_REDIS_URL="redis://:pw@redis:6379/0"
+        ),
+        "SHELFCAST_REDIS_URL (with Redis's password) in plain",
+    ),
+    "k8s ingest labelled a redis client": (
+        lambda d: _doc(d, "deploy/k8s/ingest.yaml", "Deployment")["spec"]["template"]["metadata"]["labels"].update(
+            {REDIS_CLIENT_LABEL: "true"}
+        ),
+        "ingest: label shelfcast.io/redis-client is true",
+    ),
+    "k8s agent not labelled a kafka client": (
+        lambda d: _doc(d, "deploy/k8s/inventory-agent.yaml", "Deployment")["spec"]["template"]["metadata"][
+            "labels"
+        ].pop(KAFKA_CLIENT_LABEL),
+        "inventory-agent: label shelfcast.io/kafka-client is None",
+    ),
+    "k8s forecaster without the redis url": (
+        lambda d: _container(d, "deploy/k8s/forecaster.yaml").update(
+            env=[e for e in _container(d, "deploy/k8s/forecaster.yaml")["env"] if e["name"] != "SHELFCAST_REDIS_URL"]
+        ),
+        "forecaster: SHELFCAST_REDIS_URL from the Secret is False",
+    ),
+    "k8s agent without read keys": (
+        lambda d: _container(d, "deploy/k8s/inventory-agent.yaml").update(
+            env=[e for e in _container(d, "deploy/k8s/inventory-agent.yaml")["env"] if "READ" not in e["name"]]
+        ),
+        "inventory-agent: no read keys of its own",
+    ),
+    "k8s no default deny": (
+        lambda d: d["manifests"]["deploy/k8s/networkpolicy.yaml"].pop(0),
+        "NetworkPolicy: no default deny of ingress",
+    ),
+    "k8s redis open to every pod": (
+        lambda d: next(
+            p
+            for p in d["manifests"]["deploy/k8s/networkpolicy.yaml"]
+            if p["metadata"]["name"] == "redis-from-its-clients"
+        )["spec"]["ingress"][0].update({"from": [{"podSelector": {}}]}),
+        "NetworkPolicy: redis does not take ingress only from pods labelled shelfcast.io/redis-client on 6379",
+    ),
+    "k8s kafka policy gone": (
+        lambda d: d["manifests"].update(
+            {
+                "deploy/k8s/networkpolicy.yaml": [
+                    p
+                    for p in d["manifests"]["deploy/k8s/networkpolicy.yaml"]
+                    if p["metadata"]["name"] != "kafka-from-its-clients"
+                ]
+            }
+        ),
+        "NetworkPolicy: kafka does not take ingress only from pods labelled shelfcast.io/kafka-client on 9092",
+    ),
+    "k8s non-clients may reach anything": (
+        lambda d: next(
+            p
+            for p in d["manifests"]["deploy/k8s/networkpolicy.yaml"]
+            if p["metadata"]["name"] == "no-egress-for-non-clients"
+        )["spec"]["egress"][0].update(ports=[{"protocol": "TCP", "port": 9092}]),
+        "NetworkPolicy: pods that are neither Kafka nor Redis clients are not limited to DNS egress",
     ),
 }
 

@@ -4,6 +4,7 @@ and the read APIs fail closed at start-up."""
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import SecretStr
 from starlette.requests import Request
 
@@ -71,3 +72,12 @@ def test_read_keys_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("SHELFCAST_READ_API_KEYS", '["env-key"]')
     monkeypatch.setenv("SHELFCAST_READ_API_KEYS_FILE", str(keys))
     assert Settings().load_read_api_keys() == {"env-key", "env-file-key"}
+
+
+def test_redis_password_from_a_file_goes_into_the_url(tmp_path: Path) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("s3cr:et/@pw\n")
+    settings = Settings(redis_url="redis://redis:6379/0", redis_password_file=secret)
+    assert settings.redis_url == "redis://:s3cr%3Aet%2F%40pw@redis:6379/0"
+    assert redis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs["password"] == "s3cr:et/@pw"
+    assert Settings(redis_url="redis://redis:6379/0").redis_url == "redis://redis:6379/0"
