@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
@@ -329,3 +329,97 @@ def test_scoring_loop_scores_arriving_actuals_against_the_cached_forecast(
     p50 = sum(s.pinball["p50"] for s in expected)
     assert sample("pinball_loss", quantile="p50") - before[1] == pytest.approx(p50)
     assert sample("actuals_in_band") - before[2] == sum(1 for s in expected if s.in_band)
+
+
+def read_all(settings: Settings, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
+    """The first ``count`` records of ``topic`` (fewer when ``timeout`` passes first), headers and all."""
+    consumer = make_consumer(settings, f"it-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([topic])
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+def poisoned_scorer(service: ForecastService, nan_sku: str, raising_sku: str) -> None:
+    """The loaded model answers NaN for ``nan_sku`` and raises on any batch that holds ``raising_sku``."""
+    scorer = service.scorer
+    assert scorer is not None
+    real = scorer.quantiles
+
+    def quantiles(demand: Any) -> Any:
+        skus = [d.sku for d in demand]
+        if raising_sku in skus:
+            raise ValueError(f"cannot score {raising_sku}")
+        out = real(demand)
+        if nan_sku in skus:
+            out[skus.index(nan_sku)] = float("nan")
+        return out
+
+    scorer.quantiles = quantiles  # type: ignore[method-assign]
+
+
+def test_poison_windows_are_dead_lettered_with_the_reason_and_the_rest_is_forecast(
+    run_settings: Settings, config: ForecasterSettings
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    good = [f"G{i}-{run}" for i in range(4)]
+    nan_sku, raising, corrupt, future = f"NAN-{run}", f"RAISE-{run}", f"CORRUPT-{run}", f"FUT-{run}"
+    history = {sku: daily_demand(i, 30) for i, sku in enumerate([*good, nan_sku, raising, corrupt])}
+    seed_store(run_settings, history)
+    redis_client = connect_redis(run_settings.redis_url)
+    redis_client.zadd(f"sc:feat:{corrupt}:1d", {b"{this is not a window": START_MS + 40 * DAY_MS})
+    now_day = int(time.time() * 1000) // DAY_MS * DAY_MS
+    ahead = FeatureWindow(sku=future, granularity="1d", window_start=now_day + DAY_MS, window_end=now_day + 2 * DAY_MS)
+    nan_counts = windows(good[0], [3])[0].model_dump_json().replace('"views":3', '"views":NaN').encode()
+    inf_revenue = windows(good[1], [3])[0].model_dump_json().replace('"revenue":12.0', '"revenue":1e999').encode()
+    assert b"NaN" in nan_counts and b"1e999" in inf_revenue
+
+    producer = make_producer(run_settings)
+    for sku in history:
+        produce(producer, run_settings.topics.features, windows(sku, history[sku])[-1])
+    produce(producer, run_settings.topics.features, ahead)
+    producer.produce(run_settings.topics.features, value=b"{not a window", key=b"x")
+    producer.produce(run_settings.topics.features, value=nan_counts, key=good[0].encode())
+    producer.produce(run_settings.topics.features, value=inf_revenue, key=good[1].encode())
+    assert producer.flush(10) == 0
+
+    service = ForecastService(connect_redis(run_settings.redis_url), config)
+    assert service.reload_if_changed()
+    poisoned_scorer(service, nan_sku, raising)
+    with scoring_loop(service, run_settings) as loop:
+        published = read_all(run_settings, run_settings.topics.forecasts, len(good) + 1)
+        letters = [DeadLetter.from_bytes(m.value()) for m in read_all(run_settings, run_settings.topics.events_dlq, 6)]
+        # the loop goes on after them: a later window is forecast
+        late = f"LATE-{run}"
+        seed_store(run_settings, {late: daily_demand(1, 30)})
+        produce(producer, run_settings.topics.features, windows(late, daily_demand(1, 30))[-1])
+        assert producer.flush(10) == 0
+        assert len(read_all(run_settings, run_settings.topics.forecasts, len(good) + 2)) == len(good) + 2
+        assert loop.error is None
+    forecasts = {Forecast.from_bytes(m.value()).sku: (Forecast.from_bytes(m.value()), m) for m in published}
+    assert sorted(forecasts) == sorted([*good, nan_sku])  # each once, none for the poison
+    assert all(not f.fallback and m.headers() is None for sku, (f, m) in forecasts.items() if sku != nan_sku)
+    fallback, msg = forecasts[nan_sku]
+    assert fallback.fallback and fallback.model == "poisson-fallback"
+    assert dict(msg.headers() or []) == {"fallback_reason": b"non_finite"}
+    assert all(v == v for values in fallback.quantiles.values() for v in values)  # no NaN on the wire
+
+    assert all(letter.stage == "forecaster" for letter in letters)
+    reasons = {letter.raw: letter.reason for letter in letters}
+    assert len(reasons) == 6
+    assert reasons[b"{not a window"].startswith("not a feature window")
+    assert reasons[nan_counts].startswith("not a feature window: FeatureWindow: (record): Invalid JSON")
+    assert reasons[inf_revenue].startswith("not a feature window: FeatureWindow: revenue")
+    assert reasons[ahead.to_bytes()].startswith("future_ts: window_end")
+    assert "SHELFCAST_MAX_CLOCK_SKEW_S = 300" in reasons[ahead.to_bytes()]
+    by_sku = {FeatureWindow.from_bytes(r).sku: why for r, why in reasons.items() if why.startswith("no forecast")}
+    assert sorted(by_sku) == sorted([corrupt, raising])
+    assert by_sku[corrupt].startswith(f"no forecast for {corrupt}: history in Redis does not decode")
+    assert by_sku[raising] == f"no forecast for {raising}: scoring raised ValueError: cannot score {raising}"
