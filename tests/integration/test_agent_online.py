@@ -18,11 +18,11 @@ from typing import TypeVar, cast
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from shelfcast.contracts import DeadLetter, Event, Forecast, PriceChange, Receipt, Reorder
+from shelfcast.contracts import MAX_UNITS, Contract, DeadLetter, Event, Forecast, PriceChange, Receipt, Reorder
 from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import connect_redis
@@ -270,6 +270,240 @@ def test_poison_records_are_dead_lettered_and_the_loop_goes_on(
     assert "qty" in by_topic[topics.events].reason and by_topic[topics.events].source_offset is not None
     assert by_topic[topics.receipts].raw == json.dumps(bad_receipt).encode()
     wait_for(lambda: state_of(run_settings, names["S"]) is not None, what="the valid forecast after the poison")
+
+
+def run_loop(loop: AgentLoop) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    """`loop.run` in a thread; what kills it is kept (not left to the thread's excepthook)."""
+    stop, died = threading.Event(), []
+
+    def target() -> None:
+        try:
+            loop.run(stop)
+        except BaseException as exc:  # the test looks at it
+            died.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, stop, died
+
+
+def letters_on(settings: Settings, at_least: int) -> list[DeadLetter]:
+    return records_on(settings, settings.topics.events_dlq, DeadLetter.from_bytes, at_least)
+
+
+def test_poison_forecasts_amid_good_ones_are_dead_lettered_and_the_good_skus_decided(
+    run_settings: Settings, tmp_path: Path
+) -> None:
+    """One batch: good forecasts around a p50 = 1e300 forecast, a forecast with NaN bytes, and the forecast of a SKU
+    whose decision raises (holding_cost 0: its order-up-to level is the demand's 100th percentile, infinite). The
+    three are dead-lettered with their reasons, the good SKUs are decided, the loop keeps running."""
+    run = uid()
+    good = [f"G{i}-{run}" for i in range(4)]
+    bad = f"Z-{run}"
+    skus: dict[str, dict] = {s: {"initial_on_hand": 0} for s in good} | {bad: {"holding_cost": 0.0}}
+    config = agent_config(tmp_path, skus)
+    topics = run_settings.topics
+    overflow = forecast(good[0], D0).model_dump() | {"quantiles": {"p50": [1e300] * 7}}
+    nan = forecast(good[1], D0).to_bytes().replace(b"[5.0,", b"[NaN,", 1)
+    assert b"NaN" in nan
+    send(
+        run_settings,
+        [
+            (topics.forecasts, forecast(good[0], D0)),
+            (topics.forecasts, json.dumps(overflow).encode()),
+            (topics.forecasts, forecast(good[1], D0)),
+            (topics.forecasts, nan),
+            (topics.forecasts, forecast(bad, D0)),
+            (topics.forecasts, forecast(good[2], D0)),
+        ],
+    )
+    loop = AgentLoop(connect_redis(run_settings.redis_url), run_settings, config)
+    thread, stop, died = run_loop(loop)
+    try:
+        letters = letters_on(run_settings, 3)
+        reasons = sorted(x.reason for x in letters)
+        assert len(letters) == 3 and {x.source_topic for x in letters} == {topics.forecasts}
+        assert reasons[0].startswith(f"decision failed for {bad}: DemandError: order-up-to level is not a finite")
+        assert "the 1 quantile of demand over 3 periods (mean 15," in reasons[0]
+        assert reasons[1] == "not a valid forecast record: Forecast: quantiles.p50.0: Input should be a finite number"
+        assert "quantiles.p50.0: Input should be less than or equal to 10000000" in reasons[2]
+        assert b"1e+300" in next(x.raw for x in letters if "10000000" in x.reason)
+        for sku in good[:3]:
+            decided = cast(LastDecision, wait_for(partial(last_decision, run_settings, sku), what=f"{sku} decided"))
+            assert decided.period_ms == D0 and decided.qty > 0
+        state = state_of(run_settings, bad)
+        assert state is not None and state.last_decision is None and state.forecast is None  # nothing kept of it
+        send(run_settings, [(topics.forecasts, forecast(good[3], D0 + DAY_MS))])  # the loop goes on
+        wait_for(partial(last_decision, run_settings, good[3]), what="a decision after the poison")
+        assert thread.is_alive() and not died
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_huge_but_valid_forecast_orders_no_more_than_recent_demand_allows(
+    run_settings: Settings, tmp_path: Path
+) -> None:
+    """p10..p90 at the contract's ceiling (10M units per period): capped base-stock alone would order max_order
+    (10,000 units); the recent-demand guard cuts it to 10 x the 25 sold, or to the floor for a SKU with no sales."""
+    run = uid()
+    sold, cold = f"H-{run}", f"HC-{run}"
+    config = agent_config(tmp_path, {sold: {}, cold: {}})
+    assert (config.max_order_demand_multiple, config.max_order_floor_units) == (10.0, 100)
+    huge = {q: [float(MAX_UNITS)] * 7 for q in ("p10", "p50", "p90")}
+    topics = run_settings.topics
+    loop = AgentLoop(connect_redis(run_settings.redis_url), run_settings, config)
+    thread, stop, _ = run_loop(loop)
+    try:
+        send(run_settings, [(topics.events, purchase(sold, 25))])
+        wait_for(lambda: (s := state_of(run_settings, sold)) is not None and s.purchases == 25, what="the sale")
+        send(run_settings, [(topics.forecasts, forecast(s, D0, huge)) for s in (sold, cold)])
+        orders = {r.sku: r for r in reorders_on(run_settings, 2)}
+    finally:
+        stop.set()
+        thread.join(30)
+    assert orders[sold].qty == 250
+    assert "capped from 10000 to 250 by recent demand: at most 10 x 1 x 25.00 sold per period" in orders[sold].reason
+    assert orders[cold].qty == 100 and "capped from 10000 to 100 by recent demand" in orders[cold].reason
+
+
+def test_corrupt_state_is_reset_and_the_record_that_found_it_dead_lettered(
+    run_settings: Settings, tmp_path: Path
+) -> None:
+    run = uid()
+    broken, fine = f"K-{run}", f"F-{run}"
+    config = agent_config(tmp_path, {broken: {"initial_on_hand": 7}, fine: {"initial_on_hand": 5}})
+    redis_client = connect_redis(run_settings.redis_url)
+    redis_client.set(inventory_key(broken), b'{"sku": "' + broken.encode() + b'", "on_hand": "lots"')
+    topics = run_settings.topics
+    resets = metric_value("shelfcast_agent_state_resets_total", {})
+    send(run_settings, [(topics.events, purchase(broken, 2)), (topics.events, purchase(fine, 1))])
+    loop = AgentLoop(redis_client, run_settings, config)
+    thread, stop, died = run_loop(loop)
+    try:
+        (letter,) = letters_on(run_settings, 1)
+        assert letter.reason.startswith(f"corrupt state sc:inv:{broken}: ")
+        assert f"reset to the SKU's defaults (the old value: {config.keyspace}:corrupt:{broken})" in letter.reason
+        assert Event.from_bytes(letter.raw).sku == broken
+        wait_for(lambda: (s := state_of(run_settings, fine)) is not None and s.on_hand == 4, what="the other SKU")
+        state = state_of(run_settings, broken)
+        assert state is not None and state.on_hand == 7 and state.purchases == 0  # its defaults
+        assert redis_client.get(f"{config.keyspace}:corrupt:{broken}").startswith(b'{"sku"')  # type: ignore[union-attr]
+        assert metric_value("shelfcast_agent_state_resets_total", {}) == resets + 1
+        send(run_settings, [(topics.events, purchase(broken, 3))])  # later records apply to the new state
+        wait_for(lambda: state_of(run_settings, broken).on_hand == 4, what="a purchase after the reset")  # type: ignore[union-attr]
+        assert thread.is_alive() and not died
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_future_dated_records_and_unknown_skus_are_dead_lettered(run_settings: Settings, tmp_path: Path) -> None:
+    """Beyond the agent's clock + max_clock_skew_s (300 s): a purchase, a return and a receipt; a forecast starting
+    more than one period after that. Tomorrow's forecast and a purchase 60 s ahead are fine. With
+    unknown_sku=dead_letter, a SKU not in the parameter file is dead-lettered."""
+    run = uid()
+    sku, stranger = f"T-{run}", f"U-{run}"
+    config = agent_config(tmp_path, {sku: {"initial_on_hand": 50}}, unknown_sku="dead_letter")
+    assert run_settings.max_clock_skew_s == 300
+    now = int(time.time() * 1000)
+    today = now // DAY_MS * DAY_MS
+    hour_ahead = now + 3_600_000
+    topics = run_settings.topics
+    send(
+        run_settings,
+        [
+            (topics.events, purchase(sku, 1).model_copy(update={"ts": hour_ahead})),
+            (topics.events, purchase(sku, 1, "return").model_copy(update={"ts": hour_ahead})),
+            (topics.events, purchase(sku, 2).model_copy(update={"ts": now + 60_000})),
+            (topics.receipts, Receipt(receipt_id=f"r-{uid()}", sku=sku, qty=9, received_at=hour_ahead)),
+            (topics.forecasts, forecast(sku, today + 3 * DAY_MS)),
+            (topics.forecasts, forecast(sku, today + DAY_MS)),
+            (topics.events, purchase(stranger, 1)),
+        ],
+    )
+    loop = AgentLoop(connect_redis(run_settings.redis_url), run_settings, config)
+    thread, stop, _ = run_loop(loop)
+    try:
+        letters = letters_on(run_settings, 5)
+        decided = cast(LastDecision, wait_for(partial(last_decision, run_settings, sku), what="tomorrow's forecast"))
+    finally:
+        stop.set()
+        thread.join(30)
+    reasons = sorted(x.reason for x in letters)
+    assert len(reasons) == 5, reasons
+    future = [r for r in reasons if r.startswith("future_ts: ")]
+    assert [r.split(" ")[1] for r in future] == ["forecast", "purchase", "receipt", "return"]
+    assert "beyond this agent's clock + skew + one period" in future[0]
+    assert reasons[-1].startswith(f"unknown_sku: {stranger} is not in the SKU parameter file")
+    assert decided.period_ms == today + DAY_MS
+    state = state_of(run_settings, sku)
+    assert state is not None and state.on_hand == 48 and state.received == 0  # only the purchase 60 s ahead
+    assert state_of(run_settings, stranger) is None
+
+
+class _Killed(BaseException):
+    """What no handler in the loop catches (as none catches an out-of-memory kill)."""
+
+
+class FragileLoop(AgentLoop):
+    """The real loop, except that reading a record of a SKU named KILLER-... kills it."""
+
+    def _parse_one(self, msg: Message, source: str) -> Contract:
+        if b"KILLER-" in (msg.value() or b""):
+            raise _Killed("this record kills the decision loop")
+        return super()._parse_one(msg, source)
+
+
+def test_a_record_that_killed_the_loop_twice_is_dead_lettered_on_restart(
+    run_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run 1 (the app) dies on the record: /healthz answers 503. Run 2 applies the records that were in flight one
+    by one and dies on it again. Run 3 dead-letters it unread, with the reason, and applies the others."""
+    run = uid()
+    skus = [f"R{i}-{run}" for i in range(3)]
+    killer = f"KILLER-{run}"
+    config = agent_config(tmp_path, {s: {"initial_on_hand": 10} for s in [*skus, killer]}, max_batch=50)
+    topics = run_settings.topics
+    events = [purchase(skus[0], 1), purchase(skus[1], 1), purchase(killer, 1), purchase(skus[2], 1)]
+    send(run_settings, [(topics.events, e) for e in events])
+    keys = Keys(config.keyspace)
+    redis_client = connect_redis(run_settings.redis_url)
+
+    monkeypatch.setattr("shelfcast_agent.app.AgentLoop", FragileLoop)
+    with TestClient(create_app(run_settings, config)) as client:
+        assert client.get("/healthz").status_code == 200
+        wait_for(lambda: client.get("/healthz").status_code == 503, 60, "the first run to die")
+        body = client.get("/healthz").json()
+        assert body["status"] == "dead" and "decision loop died" in body["reason"]
+    assert [k for k in redis_client.scan_iter(match=f"{keys.ks}:inflight:*")], "the crash left no ledger"
+
+    second = FragileLoop(redis_client, run_settings, config)
+    thread, _, died = run_loop(second)
+    thread.join(60)
+    assert not thread.is_alive() and isinstance(died[0], _Killed)
+    (inflight,) = redis_client.scan_iter(match=f"{keys.ks}:inflight:*")
+    first, last = redis_client.get(inflight).split(b":")  # type: ignore[union-attr]
+    assert first == last  # it died on one record alone: the others before it were applied one by one
+    counts = [v for k in redis_client.scan_iter(match=f"{keys.ks}:crashes:*") for v in redis_client.hvals(k)]
+    assert counts and set(counts) == {b"1"}  # the killer and those not reached yet, each in flight in one crash
+
+    third = FragileLoop(redis_client, run_settings, config)
+    thread, stop, died = run_loop(third)
+    try:
+        (letter,) = letters_on(run_settings, 1)
+        assert letter.reason == "killed the loop twice: in flight in 2 crashed runs; not processed"
+        assert Event.from_bytes(letter.raw).sku == killer and letter.source_topic == topics.events
+        for sku in skus:
+            wait_for(lambda s=sku: state_of(run_settings, s) is not None, what=f"{sku}'s purchase")
+            assert state_of(run_settings, sku).purchases == 1  # type: ignore[union-attr]  # applied once
+        assert state_of(run_settings, killer) is None
+        wait_for(lambda: not list(redis_client.scan_iter(match=f"{keys.ks}:crashes:*")), what="the ledger cleared")
+        assert not list(redis_client.scan_iter(match=f"{keys.ks}:inflight:*"))
+        assert thread.is_alive() and not died
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def metric_value(name: str, labels: dict[str, str]) -> float:

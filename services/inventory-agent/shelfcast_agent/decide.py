@@ -191,7 +191,8 @@ def capped_base_stock(
     quantile = gamma_quantile(mean, var, level) if math.isfinite(mean) and math.isfinite(var) else math.nan
     if not math.isfinite(quantile):
         raise DemandError(
-            f"demand over {periods} periods is not a finite number (mean {mean:g}, variance {var:g}) from {source}"
+            f"order-up-to level is not a finite number: the {level:g} quantile of demand over {periods} periods"
+            f" (mean {mean:g}, variance {var:g}) from {source}"
         )
     order_up_to = float(math.ceil(quantile - 1e-9))
     per_period = mean / periods
