@@ -423,3 +423,53 @@ def test_poison_windows_are_dead_lettered_with_the_reason_and_the_rest_is_foreca
     assert sorted(by_sku) == sorted([corrupt, raising])
     assert by_sku[corrupt].startswith(f"no forecast for {corrupt}: history in Redis does not decode")
     assert by_sku[raising] == f"no forecast for {raising}: scoring raised ValueError: cannot score {raising}"
+
+
+class KillingService(ForecastService):
+    """Dies outside the per-record guards (a bug, or the process killed) on any batch that holds ``killer``."""
+
+    killer = ""
+
+    def cached_forecasts(self, skus: list[str]) -> dict[str, Forecast]:
+        if self.killer in skus:
+            raise RuntimeError(f"{self.killer} kills the loop")
+        return super().cached_forecasts(skus)
+
+
+def test_a_record_that_killed_the_loop_twice_is_skipped_to_the_dead_letters(
+    run_settings: Settings, config: ForecasterSettings
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    skus = [f"K{i}-{run}" for i in range(4)]
+    killer = skus[2]
+    history = {sku: daily_demand(i, 30) for i, sku in enumerate(skus)}
+    seed_store(run_settings, history)
+    producer = make_producer(run_settings)
+    for sku in skus:
+        produce(producer, run_settings.topics.features, windows(sku, history[sku])[-1])
+    assert producer.flush(10) == 0
+
+    service = KillingService(connect_redis(run_settings.redis_url), config)
+    service.killer = killer
+    assert service.reload_if_changed()
+    for attempt in (1, 2):  # the loop dies on the killer's batch; a restart resumes from the same offsets
+        with scoring_loop(service, run_settings) as loop:
+            deadline = time.monotonic() + 60
+            while loop.error is None:
+                assert time.monotonic() < deadline, f"attempt {attempt}: the loop did not die"
+                time.sleep(0.2)
+        assert str(loop.error) == f"{killer} kills the loop"
+    with scoring_loop(service, run_settings) as loop:  # the third start skips what killed it twice
+        assert len(read_all(run_settings, run_settings.topics.events_dlq, 1)) == 1
+        time.sleep(2)  # anything more would come now
+        assert loop.error is None
+    topics = run_settings.topics
+    forecast = {Forecast.from_bytes(m.value()).sku for m in read_all(run_settings, topics.forecasts, 99, 10)}
+    letters = [DeadLetter.from_bytes(m.value()) for m in read_all(run_settings, topics.events_dlq, 99, 10)]
+    skipped = {FeatureWindow.from_bytes(letter.raw).sku for letter in letters}
+    assert killer in skipped and killer not in forecast
+    assert all(letter.reason.startswith("killed the loop twice: ") for letter in letters)
+    assert all(letter.stage == "forecaster" and letter.source_offset is not None for letter in letters)
+    assert forecast | skipped == set(skus)  # nothing lost: each window forecast, or dead-lettered with the reason
+    assert len(letters) == len(skipped)  # each record once
+    assert not connect_redis(run_settings.redis_url).hgetall(f"sc:fcst:inflight:{config.group_id}")  # none in hand
