@@ -341,6 +341,39 @@ def test_poison_forecasts_amid_good_ones_are_dead_lettered_and_the_good_skus_dec
         thread.join(30)
 
 
+def test_a_record_that_fails_halfway_through_its_apply_step_is_undone_and_dead_lettered(
+    run_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purchase whose apply step raises after it changed the state (injected: the state's own method fails after
+    doing its work): its change is undone, it is dead-lettered with the reason, and the purchases before and after
+    it in the same batch, of the same SKU, are applied."""
+    sku = f"AP-{uid()}"
+    config = agent_config(tmp_path, {sku: {"initial_on_hand": 20}})
+    apply_event = InventoryState.apply_event
+
+    def failing_halfway(self: InventoryState, event: Event, **rules: bool) -> bool:
+        applied = apply_event(self, event, **rules)
+        if event.event_id == "e-poison":
+            raise RuntimeError("halfway through")
+        return applied
+
+    monkeypatch.setattr(InventoryState, "apply_event", failing_halfway)
+    events = [purchase(sku, 1), purchase(sku, 5, event_id="e-poison"), purchase(sku, 2)]
+    send(run_settings, [(run_settings.topics.events, e) for e in events])
+    thread, stop, died = run_loop(AgentLoop(connect_redis(run_settings.redis_url), run_settings, config))
+    try:
+        (letter,) = letters_on(run_settings, 1)
+        assert letter.reason == "processing failed: RuntimeError: halfway through"
+        assert Event.from_bytes(letter.raw).event_id == "e-poison"
+        wait_for(lambda: (s := state_of(run_settings, sku)) is not None and s.purchases == 3, what="the others")
+        state = state_of(run_settings, sku)
+        assert state is not None and state.on_hand == 17 and state.sold_since_decision == 3
+        assert thread.is_alive() and not died
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 def test_a_huge_but_valid_forecast_orders_no_more_than_recent_demand_allows(
     run_settings: Settings, tmp_path: Path
 ) -> None:

@@ -34,6 +34,18 @@ No duplicate decision_id on the decision topics
     idempotency key for these cases. Dead letters are at-least-once (acknowledged before the offsets that skip them
     are stored; a crash in between sends one again).
 
+Poison records, corrupt state and crashes
+    A record is dead-lettered (`shelfcast.events.dlq`, with the reason) instead of applied when it does not parse
+    or is implausible (`future_ts`: dated beyond this process's clock + `max_clock_skew_s`, a forecast starting more
+    than one period after that; `unknown_sku` when `unknown_sku=dead_letter`), when applying it raises (its change to
+    the state is undone), or when its SKU's decision raises (`decision failed ...`: e.g. a forecast whose demand
+    overflows, see `decide.DemandError`). The rest of its batch goes on. A stored state that does not parse is reset
+    to the SKU's defaults (`_load_states`). Whatever still kills the loop (the thread ends, `/healthz` turns 503, the
+    orchestrator restarts the process) leaves its records in the crash ledger (`_crash_ledger`): on restart they are
+    applied one per transaction, and one that was in flight in two crashed runs is dead-lettered unread, reason
+    `killed the loop twice`. Two external kills (e.g. out of memory) while the same record is in flight dead-letter
+    that record too: it can be replayed from the dead letter, which keeps its bytes.
+
 Purchase counters and inventory totals
     `shelfcast_agent_units_demanded`, `_units_filled` and `_stockouts` are counted after the EXEC that applied the
     purchases succeeded, from that transaction's own computation (a recomputed transaction counts only its last
