@@ -72,7 +72,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as KafkaConsumer
 
 from shelfcast.contracts import Contract, Event, Forecast, PriceChange, Receipt, Reorder
@@ -286,6 +286,7 @@ class AgentLoop:
         if now >= self._next_recover:
             self._next_recover = now + self.config.sweep_interval_s
             self._retrying(self._recover_pending)
+        self.producer.poll(0)  # delivery reports of decisions whose flush timed out: out of flight
         SKU_DECISIONS.inc(self.decisions_made - self._decisions_counted)
         self._decisions_counted = self.decisions_made
 
@@ -1004,13 +1005,18 @@ class AgentLoop:
     # ------------------------------------------------------------------------------------------------ publishing
     def _publish(self, decided: list[Decided]) -> None:
         """Produce recorded decisions, wait for the broker, mark the acknowledged ones sent. A failed delivery
-        stays pending: the recovery checks the topic before producing it again."""
+        stays pending: the recovery checks the topic before producing it again. A decision stays in flight (out of
+        the recovery's reach) until the producer reports on it, not only until `flush` gives up waiting: after a
+        flush timeout (a stalled broker) the producer still holds it and delivers it once the broker is back, so
+        producing it again would put it on the topic twice. Acknowledged after the timeout, it stays pending until
+        the recovery finds it on the topic."""
         if not decided:
             return
         acked: list[Decided] = []
 
         def on_delivery(item: Decided) -> Any:
             def done(err: KafkaError | None, _msg: Message) -> None:
+                self._inflight.discard(item.record.decision_id)
                 if err is None:
                     acked.append(item)
                 else:
@@ -1018,16 +1024,17 @@ class AgentLoop:
 
             return done
 
-        self._inflight.update(d.record.decision_id for d in decided)
-        try:
-            for item in decided:
-                rec = item.record
+        for item in decided:
+            rec = item.record
+            self._inflight.add(rec.decision_id)
+            try:
                 self.producer.produce(rec.topic, rec.value.encode(), rec.sku.encode(), on_delivery=on_delivery(item))
-            self.producer.flush(self.config.flush_timeout_s)
-            if acked:
-                self._retrying(lambda: self._mark_sent([a.record for a in acked]))
-        finally:
-            self._inflight.difference_update(d.record.decision_id for d in decided)
+            except (BufferError, KafkaException) as exc:  # never handed over: pending, for the recovery to resend
+                self._inflight.discard(rec.decision_id)
+                log.error("decision %s not produced: %s", rec.decision_id, exc)
+        self.producer.flush(self.config.flush_timeout_s)
+        if acked:
+            self._retrying(lambda: self._mark_sent([a.record for a in acked]))
         ack_time = time.monotonic()
         for item in acked:
             DECISION_SECONDS.observe(ack_time - item.consumed_at)
