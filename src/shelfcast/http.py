@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Histogram, make_asgi_app
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shelfcast.errors import ShelfcastError
@@ -34,12 +35,22 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=exc.headers)
 
 
+HTTP_ERROR_CODES = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+def http_error_response(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own errors (a body it cannot parse, an unknown path) in the same structured form as ours."""
+    assert isinstance(exc, HTTPException)
+    code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+    return error_response(ApiError(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None))
+
+
 UNAUTHORIZED = {"model": ErrorResponse, "description": "missing or invalid API key (Authorization: Bearer <key>)"}
 
 
 def bearer_key_check(keys: Iterable[str], realm: str) -> Callable[[Request], None]:
-    """A FastAPI dependency that accepts only `Authorization: Bearer <one of keys>`, else answers 401 with
-    `WWW-Authenticate`. An empty `keys` accepts nothing. The 401 says the same whatever was presented."""
+    """A check (`KeyGuard`'s, or a FastAPI dependency) that accepts only `Authorization: Bearer <one of keys>`, else
+    answers 401 with `WWW-Authenticate`. An empty `keys` accepts nothing. The 401 is the same whatever was presented."""
     accepted = [k.encode() for k in keys]
     challenge = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
 
@@ -69,6 +80,23 @@ def read_key_check(settings: Settings, realm: str) -> Callable[[Request], None]:
             f"{realm}: a read API key is also an ingest write key (SHELFCAST_API_KEYS): use separate keys"
         )
     return bearer_key_check(read_keys, realm)
+
+
+class KeyGuard:
+    """Pure ASGI middleware: a request under `prefix` needs a key that `check` accepts, checked before routing and
+    body parsing, so a caller without one learns nothing, not even whether its body or SKU would parse."""
+
+    def __init__(self, app: ASGIApp, check: Callable[[Request], None], prefix: str = "/v1/") -> None:
+        self.app, self.check, self.prefix = app, check, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            try:
+                self.check(Request(scope))
+            except ApiError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestTimer:
@@ -105,11 +133,13 @@ def service_app(
     lifespan,
     request_seconds: Histogram,
     dead: Callable[[Request], str | None] | None = None,
+    key_check: Callable[[Request], None] | None = None,
 ) -> FastAPI:
     """A service's FastAPI app with what every service has: ``/healthz``, ``/metrics``, request latency into
     ``request_seconds``, and `ApiError` answered as structured JSON. Each service adds its own ``/readyz``.
     ``dead``: why the process must be restarted (a loop it depends on has died), or None; ``/healthz`` answers 503
-    with that reason, so that the orchestrator restarts it."""
+    with that reason, so that the orchestrator restarts it. ``key_check``: every ``/v1/`` request needs a key it
+    accepts (`KeyGuard`); health, readiness and metrics stay open."""
     app = FastAPI(title=title, version="1", description=description, lifespan=lifespan)
     app.mount("/metrics", make_asgi_app())
 
@@ -120,6 +150,9 @@ def service_app(
             return JSONResponse({"status": "dead", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    if key_check is not None:
+        app.add_middleware(KeyGuard, check=key_check)  # inside the timer: refused requests are timed too
     app.add_middleware(RequestTimer, histogram=request_seconds)
     app.add_exception_handler(ApiError, lambda _request, exc: error_response(exc))  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error_response)
     return app

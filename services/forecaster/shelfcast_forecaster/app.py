@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -49,7 +49,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     config = config or ForecasterSettings()
-    require_read_key = Depends(read_key_check(settings, "shelfcast-forecaster"))
+    require_read_key = read_key_check(settings, "shelfcast-forecaster")  # no read key configured: no start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +77,7 @@ def create_app(
         lifespan,
         REQUEST_SECONDS,
         dead=_scoring_loop_stopped,
+        key_check=require_read_key,
     )
     errors = {
         401: UNAUTHORIZED,
@@ -89,7 +90,6 @@ def create_app(
         response_model=Forecast,
         responses={**errors, 422: {"description": "not a valid SKU"}},  # type: ignore[dict-item]
         summary="The latest forecast of one SKU",
-        dependencies=[require_read_key],
     )
     async def get_forecast(request: Request, sku: Annotated[str, Path(pattern=SKU_PATTERN)]) -> Response:
         service: ForecastService = request.app.state.service
@@ -107,9 +107,12 @@ def create_app(
     @app.post(
         "/v1/forecast",
         response_model=BatchResponse,
-        responses={**errors, 413: {"model": ErrorResponse, "description": "too many SKUs"}},  # type: ignore[dict-item]
+        responses={
+            **errors,  # type: ignore[dict-item]
+            400: {"model": ErrorResponse, "description": "the body is not JSON"},
+            413: {"model": ErrorResponse, "description": "too many SKUs"},
+        },
         summary="Forecasts of many SKUs",
-        dependencies=[require_read_key],
     )
     def post_forecasts(request: Request, body: BatchRequest) -> JSONResponse:
         if len(body.skus) > config.max_request_skus:

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from shelfcast.contracts import SKU_PATTERN
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
     settings = settings or get_settings()
     config = config or AgentSettings()
     catalog = SkuCatalog.from_file(config.sku_params)  # a bad file fails here, before serving
-    require_read_key = Depends(read_key_check(settings, "shelfcast-agent"))
+    require_read_key = read_key_check(settings, "shelfcast-agent")  # no read key configured: no start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
         lifespan,
         REQUEST_SECONDS,
         dead=_dead_loop,
+        key_check=require_read_key,
     )
 
     @app.get(
@@ -74,7 +75,6 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
             503: {"model": ErrorResponse, "description": "Redis unavailable"},
         },
         summary="The inventory state of one SKU",
-        dependencies=[require_read_key],
     )
     def get_inventory(request: Request, sku: Annotated[str, Path(pattern=SKU_PATTERN)]) -> JSONResponse:
         try:
