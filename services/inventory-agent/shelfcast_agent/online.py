@@ -139,6 +139,7 @@ from shelfcast_agent.state import (
 log = logging.getLogger(__name__)
 SOURCES: dict[str, type[Contract]] = {"forecast": Forecast, "event": Event, "receipt": Receipt}
 FORECAST_FALLBACKS = ("missing_forecast", "stale_forecast")
+MAX_LEDGER_SPAN = 100_000  # offsets one crash-ledger entry may cover (max_batch's limit): a bound on junk there
 
 
 def now_ms() -> int:
@@ -363,10 +364,10 @@ class AgentLoop:
             stored = cast(list[bytes | None], self.redis.mget([self.keys.offset(t, p) for t, p in parts]))
             with self.redis.pipeline(transaction=True) as tx:
                 for (topic, partition), span, done in zip(parts, left, stored, strict=True):
-                    if span is None:
+                    if span is None or (bounds := _span(span)) is None:
                         continue
-                    first, last = (int(x) for x in span.split(b":"))
-                    first = max(first, int(done) if done is not None else 0)
+                    first = max(bounds[0], int(done) if done is not None else 0)
+                    last = min(bounds[1], first + MAX_LEDGER_SPAN)
                     if last >= first:
                         for offset in range(first, last + 1):
                             tx.hincrby(self.keys.crashes(topic, partition), str(offset), 1)
@@ -382,8 +383,9 @@ class AgentLoop:
         for ((topic, partition), msgs), counts in zip(by_part.items(), reads.execute(), strict=True):
             for msg, count in zip(msgs, counts, strict=True):
                 where = (topic, partition, cast(int, msg.offset()))
-                if count is not None and int(count) >= 2:
-                    doomed[where] = f"killed the loop twice: in flight in {int(count)} crashed runs; not processed"
+                crashed = int(count) if count is not None and count.isdigit() else 0
+                if crashed >= 2:
+                    doomed[where] = f"killed the loop twice: in flight in {crashed} crashed runs; not processed"
                 elif count is not None:
                     suspects.add(where)
         return doomed, suspects
@@ -1220,6 +1222,15 @@ def _offset_ranges(messages: Sequence[Message]) -> dict[tuple[str, int], tuple[i
         first, last = ranges.get((topic, partition), (offset, offset))
         ranges[topic, partition] = (min(first, offset), max(last, offset))
     return ranges
+
+
+def _span(raw: bytes) -> tuple[int, int] | None:
+    """`first:last` offsets from the crash ledger; None (ignored) when it is not that."""
+    first, _, last = raw.partition(b":")
+    if not (first.isdigit() and last.isdigit()):
+        log.error("crash ledger entry %r is not first:last offsets; ignored", raw[:100])
+        return None
+    return int(first), int(last)
 
 
 def _isolating(messages: list[Message], alone: Collection[tuple[str, int, int]]) -> list[list[Message]]:
