@@ -1,6 +1,8 @@
 """The forecaster service on the real broker and Redis: HTTP API, cache, fallback, hot reload, scoring loop."""
 
+import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from shelfcast.contracts import DeadLetter, FeatureWindow, Forecast
+from shelfcast.infra import free_port, start_kafka
 from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import FeatureStore, connect_redis
@@ -473,3 +476,110 @@ def test_a_record_that_killed_the_loop_twice_is_skipped_to_the_dead_letters(
     assert forecast | skipped == set(skus)  # nothing lost: each window forecast, or dead-lettered with the reason
     assert len(letters) == len(skipped)  # each record once
     assert not connect_redis(run_settings.redis_url).hgetall(f"sc:fcst:inflight:{config.group_id}")  # none in hand
+
+
+class Collector:
+    """Every record of a topic, read in a thread of its own from the start until `close`, by its position: a reader
+    that loses its partitions while the broker is paused reads them again from the start (it commits nothing), and
+    a record read twice is still one record."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.consumer = make_consumer(settings, f"it-{uuid.uuid4().hex[:6]}")
+        self.consumer.subscribe([topic])
+        self.records: dict[tuple[int, int], bytes] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.done.is_set():
+            msg = self.consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                self.records[msg.partition(), msg.offset()] = msg.value()
+        self.consumer.close()
+
+    @property
+    def values(self) -> list[bytes]:
+        return list(self.records.values())
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.values) < count:
+            assert time.monotonic() < deadline, f"{len(self.values)} of {count} records after {timeout} s"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
+def test_paused_broker_under_the_scoring_loop_loses_nothing_and_publishes_nothing_twice(
+    run_settings: Settings, config: ForecasterSettings, tmp_path: Path
+) -> None:
+    """The loop's broker is stopped (SIGSTOP) right after the loop consumed a day's windows and before it publishes
+    their forecasts, for longer than the flush timeout, then resumed. Each (SKU, day) gets exactly one forecast."""
+    broker = start_kafka(free_port(), tmp_path)
+    try:
+        own = run_settings.model_copy(update={"kafka_bootstrap": broker.address})
+        ensure_topics(own, [own.topics.features, own.topics.forecasts, own.topics.events_dlq])
+        paused_for = 8.0
+        slow = config.model_copy(update={"flush_timeout_s": 2.0})  # the pause lasts 4 flush timeouts
+        assert paused_for > 3 * slow.flush_timeout_s
+        run = uuid.uuid4().hex[:6]
+        skus = [f"P{i}-{run}" for i in range(20)]
+        history_days, stream_days, pause_day = 20, 6, 22
+        seed_store(own, {sku: [1 + (i + d) % 4 for d in range(history_days)] for i, sku in enumerate(skus)})
+        store = FeatureStore(connect_redis(own.redis_url))
+
+        service = ForecastService(connect_redis(own.redis_url), slow)
+        assert service.reload_if_changed()
+        paused = threading.Event()
+        real_score = service.score_checked
+
+        def pause_after_consuming(batch_skus: Any, source: str) -> Any:
+            scored = real_score(batch_skus, source)
+            if store_day(batch_skus) == pause_day and not paused.is_set():
+                paused.set()
+                os.kill(broker.pid, signal.SIGSTOP)
+                threading.Timer(paused_for, os.kill, (broker.pid, signal.SIGCONT)).start()
+            return scored
+
+        def store_day(batch_skus: list[str]) -> int:
+            newest = store.latest(batch_skus[0], "1d")
+            return int((newest["window_start"].iloc[-1] - START_MS) // DAY_MS)
+
+        service.score_checked = pause_after_consuming  # type: ignore[method-assign]
+        forecasts = Collector(own, own.topics.forecasts)
+        producer = make_producer(own)
+        with scoring_loop(service, own) as loop:
+            for day in range(history_days, history_days + stream_days):
+                day_windows = [
+                    FeatureWindow(
+                        sku=sku,
+                        granularity="1d",
+                        window_start=START_MS + day * DAY_MS,
+                        window_end=START_MS + (day + 1) * DAY_MS,
+                        units=1 + (i + day) % 4,
+                        purchases=1,
+                    )
+                    for i, sku in enumerate(skus)
+                ]
+                store.write(day_windows)  # as the features job does: Redis first, then the topic
+                for window in day_windows:
+                    produce(producer, own.topics.features, window)
+                assert producer.flush(60) == 0
+                forecasts.wait_for(len(skus) * (day - history_days + 1), timeout=90)
+            time.sleep(3)  # a forecast sent twice would arrive by now
+            assert loop.error is None
+        forecasts.close()
+        assert paused.is_set()
+        published = [Forecast.from_bytes(v) for v in forecasts.values]
+        keys = [(f.sku, f.start) for f in published]
+        assert len(keys) == len(set(keys)), "a (SKU, window) was forecast twice"
+        expected = {
+            (sku, START_MS + (d + 1) * DAY_MS) for sku in skus for d in range(history_days, history_days + stream_days)
+        }
+        assert set(keys) == expected  # nothing lost
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+        broker.stop()

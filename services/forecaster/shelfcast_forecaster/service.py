@@ -5,17 +5,19 @@ forecast in Redis at ``sc:fcst:{sku}`` (the JSON of the `Forecast`). `ScoringLoo
 coalesces the updated SKUs into micro-batches, scores them, and publishes to ``shelfcast.forecasts``.
 
 What the loop guarantees:
-- Nothing lost: offsets are committed only after the broker acknowledged every forecast and dead letter of the
-  batch. A batch that fails (Redis away, no model yet) is retried with backoff.
-- Nothing twice from a slow broker: a forecast handed to the producer is never handed to it again while its
-  delivery is pending (the producer waits for ever, and retries idempotently); only a delivery that failed is sent
-  again. A commit that fails after a long outage (the consumer lost its partitions) leaves the batch to be consumed
-  again: at least once, as in `_commit`.
+- Nothing lost: a batch is marked done only after the broker acknowledged every forecast and dead letter of it.
+  A batch that fails (Redis away, no model yet) is retried with backoff.
+- Nothing twice from a slow or paused broker: a forecast handed to the producer is never handed to it again while
+  its delivery is pending (the producer waits for ever, and retries idempotently); only a delivery that failed is
+  sent again. The offsets of a finished batch go to Redis (`BatchLedger`) before the Kafka commit, and a consumer
+  that gets partitions starts there: a consumer that lost its partitions in the outage (session timed out, commit
+  refused) does not consume the batch again. What is left: a process that dies after the broker acknowledged a
+  batch and before Redis recorded it consumes that batch again at its restart (at least once, in that gap only).
 - A poison record never stops it: a record that is not a window, a window from the future (``future_ts``), a SKU
   whose history in Redis does not decode, or whose scoring raises, goes to the dead-letter topic with the reason and
   the rest of the batch goes on. Non-finite or implausible network output is never published: that SKU gets the
   Poisson fallback, its reason in the record's ``fallback_reason`` header.
-- A record that kills the loop anyway (the thread or the process dies) is skipped on the third try: `CrashLedger`.
+- A record that kills the loop anyway (the thread or the process dies) is skipped on the third try: `BatchLedger`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TypeVar, cast
 
 import redis
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from shelfcast.contracts import Contract, FeatureWindow, Forecast
 from shelfcast.errors import ContractError
@@ -276,19 +278,26 @@ def _field(where: tuple[str, int]) -> str:
     return f"{where[0]}:{where[1]}"
 
 
-class CrashLedger:
-    """The batch in hand, in Redis: a hash ``sc:fcst:inflight:{group}`` with one field per partition,
-    ``{topic}:{partition}`` -> ``{first}:{last}:{attempts}``, written before a batch is processed and removed after
-    it is committed. A field still there when a batch begins is a batch that was in hand when the loop or its
-    process died. A batch that starts at the same offset again counts one more attempt, and ``last`` becomes the
-    smaller of the two: the records ``first..last`` were in hand in every attempt. Once two attempts died, the
-    next one skips those records to the dead letters (`KILLED_TWICE`) instead of dying a third time."""
+class BatchLedger:
+    """Where the loop is, per partition, in Redis: what it finished, and the batch in hand.
+
+    ``sc:fcst:offsets:{group}``: ``{topic}:{partition}`` -> the next offset to consume, written when a batch is done
+    (before the Kafka commit); a consumer given partitions starts there (`resume_at`), so a batch whose commit failed
+    is not consumed again.
+
+    ``sc:fcst:inflight:{group}``: ``{topic}:{partition}`` -> ``{first}:{last}:{attempts}``, written before a batch is
+    processed and removed when it is done, so a field still there when a batch begins is a batch that was in hand
+    when the loop or its process died. A batch that starts at the same offset again counts one more attempt, and
+    ``last`` becomes the smaller of the two: the records ``first..last`` were in hand in every attempt. Once two
+    attempts died, the next one skips those records to the dead letters (`KILLED_TWICE`) instead of dying a third
+    time."""
 
     CRASHES_TO_SKIP = 2
 
     def __init__(self, client: redis.Redis, group_id: str) -> None:
         self.redis = client
-        self.key = f"sc:fcst:inflight:{group_id}"
+        self.inflight_key = f"sc:fcst:inflight:{group_id}"
+        self.offsets_key = f"sc:fcst:offsets:{group_id}"
 
     def begin(self, offsets: dict[tuple[str, int], tuple[int, int]]) -> dict[tuple[str, int], tuple[int, int]]:
         """Record the batch in hand; returns, for each partition whose batch start was in hand in two crashes
@@ -296,7 +305,7 @@ class CrashLedger:
         if not offsets:
             return {}
         names = [_field(where) for where in offsets]
-        previous = cast(list[bytes | None], self.redis.hmget(self.key, names))
+        previous = cast(list[bytes | None], self.redis.hmget(self.inflight_key, names))
         entries, killers = {}, {}
         for (where, (first, last)), name, raw in zip(offsets.items(), names, previous, strict=True):
             attempts, upto = 1, last
@@ -306,13 +315,29 @@ class CrashLedger:
                 if earlier[2] >= self.CRASHES_TO_SKIP:
                     killers[where] = (first, upto)
             entries[name] = f"{first}:{upto}:{attempts}"
-        self.redis.hset(self.key, mapping=entries)
+        self.redis.hset(self.inflight_key, mapping=entries)
         return killers
 
-    def end(self, partitions: Iterable[tuple[str, int]]) -> None:
+    def done(self, offsets: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """The records up to each ``last`` are finished: the next offset recorded, nothing in hand, in one step."""
+        if not offsets:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.offsets_key, mapping={_field(where): last + 1 for where, (_, last) in offsets.items()})
+        pipe.hdel(self.inflight_key, *[_field(where) for where in offsets])
+        pipe.execute()
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Nothing in hand in these partitions (a stop, not a crash)."""
         names = [_field(where) for where in partitions]
         if names:
-            self.redis.hdel(self.key, *names)
+            self.redis.hdel(self.inflight_key, *names)
+
+    def resume_at(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The next offset to consume of each partition that has one recorded."""
+        partitions = list(partitions)
+        raw = cast(list[bytes | None], self.redis.hmget(self.offsets_key, [_field(w) for w in partitions]))
+        return {where: int(value) for where, value in zip(partitions, raw, strict=True) if value is not None}
 
 
 def _parse_entry(raw: bytes | None) -> tuple[int, int, int] | None:
@@ -333,7 +358,7 @@ class ScoringLoop:
         self.consumer = make_consumer(settings, service.config.group_id)
         self.producer = make_producer(settings, **{"message.timeout.ms": 0})  # see `Deliveries`
         self.dead_letters = DeadLetterWriter(self.producer, settings.topics.events_dlq, stage="forecaster")
-        self.ledger = CrashLedger(service.redis, service.config.group_id)
+        self.ledger = BatchLedger(service.redis, service.config.group_id)
         self.published = 0
         self.error: Exception | None = None  # what ended `run`, if an error did
 
@@ -341,10 +366,10 @@ class ScoringLoop:
         """Consume, score and publish until ``stop`` is set. An error that escapes (retried failures and poison
         records do not) ends the loop: it is logged with its traceback and kept in ``error``,
         ``shelfcast_forecaster_scoring_loop_up`` drops to 0, and the thread ends, so ``/healthz`` and ``/readyz``
-        answer 503. The batch in hand stays in the `CrashLedger`."""
+        answer 503. The batch in hand stays in the `BatchLedger`."""
         SCORING_LOOP_UP.set(1)
         try:
-            self.consumer.subscribe([self.settings.topics.features])
+            self.consumer.subscribe([self.settings.topics.features], on_assign=self._on_assign)
             try:
                 while not stop.is_set():
                     deliveries = Deliveries(self.producer)
@@ -378,8 +403,8 @@ class ScoringLoop:
         if published:
             self.published += published
             LAST_FORECAST_TIMESTAMP.set(time.time())
+        self._retry("recording the batch as done", lambda: self.ledger.done(batch.offsets), stop)
         self._commit()
-        self._retry("clearing the batch in hand", lambda: self.ledger.end(batch.offsets), stop)
         self._count_live_quality(batch.windows, earlier)
 
     def _skip_killers(
@@ -394,14 +419,13 @@ class ScoringLoop:
             deliveries.dead_letter(self.dead_letters, msg, reason)
         log.error("skipped records that killed the scoring loop twice to the dead letters: %s", killers)
         deliveries.wait(self.config.flush_timeout_s, stop)
+        self._retry("recording the skipped records", lambda: self._skipped(killers, batch), stop)
         self._commit([TopicPartition(t, p, last + 1) for (t, p), (_, last) in killers.items()])
-        rest = {where: batch.offsets[where] for where in killers if where in batch.offsets}
-        done = [where for where in killers if where not in batch.offsets]
-        self._retry("recording the rest of the batch", lambda: self._restart_ledger(done, rest), stop)
 
-    def _restart_ledger(self, done: list[tuple[str, int]], rest: dict[tuple[str, int], tuple[int, int]]) -> None:
-        self.ledger.end(done)
-        self.ledger.begin(rest)
+    def _skipped(self, killers: dict[tuple[str, int], tuple[int, int]], batch: Batch) -> None:
+        """The skipped records done, the rest of the batch in hand from its new start (a first attempt)."""
+        self.ledger.done(killers)
+        self.ledger.begin({where: batch.offsets[where] for where in killers if where in batch.offsets})
 
     def _score_and_send(
         self, batch: Batch, deliveries: Deliveries, stop: threading.Event
@@ -461,22 +485,34 @@ class ScoringLoop:
 
     def _forget(self, batch: Batch) -> None:
         try:
-            self.ledger.end(batch.offsets)
+            self.ledger.forget(batch.offsets)
         except redis.RedisError:
             log.warning("could not clear the batch in hand at shutdown: its next attempt counts one crash more")
 
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each partition given to this consumer where the ledger says the last finished batch ended (the
+        committed offset where it has none, or when Redis does not answer)."""
+        try:
+            resume = self.ledger.resume_at((str(p.topic), int(p.partition)) for p in partitions)
+        except redis.RedisError as exc:
+            log.warning("Redis away when partitions were assigned (%s): starting at the committed offsets", exc)
+            resume = {}
+        for p in partitions:
+            if (offset := resume.get((str(p.topic), int(p.partition)))) is not None:
+                p.offset = offset
+        consumer.assign(partitions)
+
     def _commit(self, offsets: list[TopicPartition] | None = None) -> None:
-        """Commit what was consumed (or ``offsets``). A batch retried for longer than ``max.poll.interval.ms``
-        (Redis away for minutes) leaves the consumer without its partitions, and the commit fails: the loop goes on,
-        the consumer rejoins and the batch comes again from the last committed offsets (forecast twice, never
-        lost)."""
+        """Commit what was consumed (or ``offsets``), after the ledger recorded it. A commit that fails (the
+        consumer lost its partitions in a long outage) is logged: the consumer rejoins and resumes where the ledger
+        says (`_on_assign`), so the batch is not consumed again."""
         try:
             if offsets is None:
                 self.consumer.commit(asynchronous=False)
             else:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            log.warning("offset commit failed (%s); the batch will be consumed again", exc)
+            log.warning("offset commit failed (%s); the ledger in Redis holds where to resume", exc)
 
     def _count_live_quality(self, windows: list[FeatureWindow], earlier: dict[str, Forecast]) -> None:
         """The windows' actuals against the forecasts cached before this batch replaced them (a batch replayed after
