@@ -403,11 +403,14 @@ def test_a_huge_but_valid_forecast_orders_no_more_than_recent_demand_allows(
 def test_corrupt_state_is_reset_and_the_record_that_found_it_dead_lettered(
     run_settings: Settings, tmp_path: Path
 ) -> None:
+    """A stored state that is not JSON: the agent starts anyway (its inventory totals leave the SKU out), the
+    purchase that finds it is dead-lettered, the SKU restarts from its defaults and later purchases apply to that."""
     run = uid()
     broken, fine = f"K-{run}", f"F-{run}"
     config = agent_config(tmp_path, {broken: {"initial_on_hand": 7}, fine: {"initial_on_hand": 5}})
     redis_client = connect_redis(run_settings.redis_url)
     redis_client.set(inventory_key(broken), b'{"sku": "' + broken.encode() + b'", "on_hand": "lots"')
+    redis_client.zadd(Keys(config.keyspace).skus, {broken: 0})  # known to the agent: its start-up totals read it
     topics = run_settings.topics
     resets = metric_value("shelfcast_agent_state_resets_total", {})
     send(run_settings, [(topics.events, purchase(broken, 2)), (topics.events, purchase(fine, 1))])

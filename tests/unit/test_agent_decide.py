@@ -31,7 +31,7 @@ from shelfcast_agent.decide import (
 from shelfcast_agent.env import MAX_LEAD, InventorySim, State
 from shelfcast_agent.instances import Pricing
 from shelfcast_agent.settings import SkuCatalog, SkuParams, SkuParamsError
-from shelfcast_agent.state import CorruptState, InventoryState, Outstanding, parse_state
+from shelfcast_agent.state import CorruptState, InventoryState, Outstanding, StockTotals, parse_state
 
 FLAT = {"p10": [2.0] * 7, "p50": [5.0] * 7, "p90": [8.0] * 7}
 PRICING = Pricing(base_price=10.0, elasticity=1.5, max_step=0.1, min_price=7.0, max_price=12.0)
@@ -353,3 +353,11 @@ def test_the_catalog_knows_only_listed_skus() -> None:
     catalog = SkuCatalog({"lead_time": 3}, {"A": {"moq": 2}})
     assert catalog.knows("A") and not catalog.knows("B")
     assert catalog("B").lead_time.max == 3  # unknown SKUs still get the defaults when asked
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'{"on_hand": "lots"}', b'{"pipeline": [{}]}'])
+def test_totals_of_a_state_that_does_not_parse_raise_corrupt_state(raw: bytes) -> None:
+    with pytest.raises(CorruptState, match="stored state does not parse"):
+        StockTotals.of_json(raw, 1.0)
+    with pytest.raises(CorruptState, match="not finite"):
+        StockTotals.of_json(b'{"on_hand": "inf"}', 1.0)

@@ -678,8 +678,12 @@ class AgentLoop:
                 part = skus[i : i + chunk]
                 raw = cast(list[bytes | None], self.redis.mget([inventory_key(s) for s in part]))
                 for sku, value in zip(part, raw, strict=True):
-                    if value is not None:
+                    if value is None:
+                        continue
+                    try:
                         totals = totals + StockTotals.of_json(value, self.catalog(sku).unit_cost)
+                    except CorruptState as exc:  # counted as nothing: the next record of the SKU resets it
+                        log.error("%s: %s; left out of the totals", inventory_key(sku), exc)
             tx.multi()
             tx.delete(self.keys.totals)
             tx.hset(self.keys.totals, mapping=totals.fields())

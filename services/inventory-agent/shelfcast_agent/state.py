@@ -28,6 +28,7 @@ put on hand.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -307,9 +308,17 @@ class StockTotals:
 
     @classmethod
     def of_json(cls, raw: bytes, unit_cost: float) -> StockTotals:
-        """From a stored `InventoryState` without validating it (the start-up rebuild reads every SKU)."""
-        doc: dict[str, Any] = orjson.loads(raw)
-        return cls.of(float(doc.get("on_hand", 0.0)), sum(float(o["qty"]) for o in doc.get("pipeline", [])), unit_cost)
+        """From a stored `InventoryState` without validating it (the start-up rebuild reads every SKU);
+        `CorruptState` when it cannot be read as one."""
+        try:
+            doc: dict[str, Any] = orjson.loads(raw)
+            on_hand = float(doc.get("on_hand", 0.0))
+            pipeline = sum(float(o["qty"]) for o in doc.get("pipeline", []))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CorruptState(f"stored state does not parse: {type(exc).__name__}: {exc}"[:500]) from None
+        if not (math.isfinite(on_hand) and math.isfinite(pipeline)):
+            raise CorruptState("stored state has numbers that are not finite")
+        return cls.of(on_hand, pipeline, unit_cost)
 
     def __add__(self, other: StockTotals) -> StockTotals:
         return StockTotals(self.on_hand + other.on_hand, self.pipeline + other.pipeline, self.value + other.value)
