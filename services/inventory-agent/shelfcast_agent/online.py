@@ -4,6 +4,14 @@ It consumes ``shelfcast.forecasts``, ``shelfcast.events`` (purchases and returns
 each SKU's inventory in Redis (`state.py` has the layout), decides once per SKU per decision period (`decide.py`),
 and publishes to ``shelfcast.reorders`` and ``shelfcast.prices``.
 
+The decision clock
+    `{ks}:clock` holds the current decision period: the newest forecast period or purchase/return time consumed
+    (never past this process's clock + `max_clock_skew_s`), in the freq of the forecasts (`decision_freq` before
+    any), and with `wall_clock` at least the wall clock's period. A forecast decides its SKU's period at once; the
+    sweep decides every SKU still undecided `missing_forecast_grace_s` after the clock reached a period, on a
+    fallback (`_demand`: the newest forecast while it covers the period, else the SKU's daily windows, else its
+    sales rate), so decisions never wait for a forecaster that stopped.
+
 Exactly-once effect of consumed records on the state
     Each micro-batch is one Redis transaction: WATCH the offset keys of its partitions and the keys it will change,
     read them, drop the records below the stored offset (already applied), apply the rest, and MULTI/EXEC the new
@@ -20,7 +28,8 @@ No duplicate decision_id on the decision topics
     period it last decided, so a replayed or repeated forecast cannot decide the same period twice. The decision is
     recorded (`{ks}:decision:{id}`, and its id in `{ks}:pending`) in the same transaction as the state it changes,
     BEFORE it is produced; its id leaves `{ks}:pending` once the broker acknowledged it (idempotent producer,
-    acks=all). Pending decisions that are not this process's own in-flight ones and are older than
+    acks=all). Pending decisions that are not this process's own in-flight ones (handed to the producer and not yet
+    reported on, also after a flush that timed out: the producer still delivers them) and are older than
     `pending_recover_after_s` (the leftovers of a crash, or of a failed delivery) are recovered: the decision topic
     is read from a minute before the oldest of them (a timestamp lookup; the embedded broker answers 0 to it, i.e.
     earliest, which is also correct) to the end of each partition, ids found there are confirmed, and only the
