@@ -478,6 +478,23 @@ def test_future_dated_records_and_unknown_skus_are_dead_lettered(run_settings: S
     assert state_of(run_settings, stranger) is None
 
 
+def test_a_corrupt_unconfirmed_decision_record_is_not_resent_and_does_not_stop_recovery(
+    run_settings: Settings, tmp_path: Path
+) -> None:
+    config = agent_config(tmp_path, {})
+    client = connect_redis(run_settings.redis_url)
+    keys = Keys(config.keyspace)
+    client.set(keys.decision("X:1"), b'{"decision_id": "X:1", "kind": "teleport"}')
+    client.zadd(keys.pending, {"X:1": int(time.time() * 1000) - 5_000})
+    loop = AgentLoop(client, run_settings, config, SkuCatalog())
+    try:
+        loop._recover_pending()
+    finally:
+        loop.consumer.close()
+    assert client.zcard(keys.pending) == 0 and client.exists(keys.decision("X:1"))  # kept for whoever audits it
+    assert read_all(run_settings, run_settings.topics.reorders) == []
+
+
 class _Killed(BaseException):
     """What no handler in the loop catches (as none catches an out-of-memory kill)."""
 

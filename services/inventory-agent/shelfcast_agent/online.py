@@ -83,8 +83,9 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as KafkaConsumer
+from pydantic import ValidationError
 
-from shelfcast.contracts import Contract, Event, Forecast, PriceChange, Receipt, Reorder
+from shelfcast.contracts import Contract, Event, Forecast, PriceChange, Receipt, Reorder, describe_errors
 from shelfcast.errors import ContractError
 from shelfcast.kafka import DeadLetterWriter, make_consumer, make_producer
 from shelfcast.settings import Settings
@@ -1072,8 +1073,17 @@ class AgentLoop:
         if not ids:
             return
         raw = cast(list[bytes | None], self.redis.mget([self.keys.decision(i) for i in ids]))
-        records = [DecisionRecord.model_validate_json(r) for r in raw if r is not None]
-        orphans = [i for i, r in zip(ids, raw, strict=True) if r is None]
+        records: list[DecisionRecord] = []
+        orphans: list[str] = []
+        for decision, value in zip(ids, raw, strict=True):
+            if value is None:
+                orphans.append(decision)
+                continue
+            try:
+                records.append(DecisionRecord.model_validate_json(value))
+            except ValidationError as exc:  # cannot be sent as recorded: left at its key, for whoever audits it
+                log.error("decision record %s is corrupt (%s); not re-sent", decision, describe_errors(exc))
+                orphans.append(decision)
         if orphans:
             self.redis.zrem(self.keys.pending, *orphans)
         pending = records
@@ -1151,11 +1161,17 @@ class AgentLoop:
         CLOCK_PERIOD.set(period / 1000)
         if now_ms() - reached_at < self.config.missing_forecast_grace_s * 1000:
             return
-        raw = self.redis.zrangebyscore(self.keys.skus, "-inf", f"({period}", start=0, num=self.config.max_batch)
-        late = [s.decode() for s in cast(list[bytes], raw)]
-        if late:
-            outcome = self._transact([], time.monotonic(), (period, freq, late))
-            self._publish(outcome.decisions)
+        page = self.config.max_batch
+        for start in range(0, cast(int, self.redis.zcard(self.keys.skus)), page):
+            raw = self.redis.zrangebyscore(self.keys.skus, "-inf", f"({period}", start=start, num=page)
+            late = [s.decode() for s in cast(list[bytes], raw)]
+            made = self.decisions_made
+            if late:
+                outcome = self._transact([], time.monotonic(), (period, freq, late))
+                self._publish(outcome.decisions)
+            if self.decisions_made > made or len(late) < page:
+                return  # decided SKUs leave the late range; the next sweep goes on from the start
+            # a whole page not due (SKUs deciding in longer periods of their own): the next page
 
     def _current_period(self, clock: dict[str, str]) -> tuple[int, str, int] | None:
         """(period start, freq, when the clock reached it) from the clock hash, or from the wall clock when
