@@ -222,6 +222,25 @@ def test_the_wall_clock_decides_with_no_traffic(run_settings: Settings, tmp_path
     assert decided.fallback in ("missing_forecast", "stale_forecast")
 
 
+def test_skus_deciding_weekly_do_not_hold_up_the_sweep_of_daily_ones(run_settings: Settings, tmp_path: Path) -> None:
+    """Sweep pages of max_batch = 2: two weekly SKUs, decided for their week, come first in the late range every
+    day of that week; the daily SKU behind them is still decided for the next day."""
+    run = uid()
+    weekly, daily = [f"WK{i}-{run}" for i in range(2)], f"DY-{run}"
+    config = agent_config(tmp_path, [*weekly, daily], max_batch=2)
+    week = [forecast(s, D0).model_copy(update={"freq": "W"}) for s in weekly]
+    send(run_settings, run_settings.topics.forecasts, [*week, forecast(daily, D0)])
+    with Running(run_settings, config):
+        monday = D0 - 3 * DAY_MS  # 2026-01-15 is a Thursday
+        for sku in weekly:
+            wait_for(lambda sku=sku: decided_in(run_settings, sku, monday), what=f"{sku} decided for its week")
+        wait_for(lambda: decided_in(run_settings, daily, D0), what="the daily SKU on its forecast")
+        send(run_settings, run_settings.topics.events, [purchase(daily, D0 + DAY_MS + 3_600_000)])
+        swept = cast(LastDecision, wait_for(lambda: decided_in(run_settings, daily, D0 + DAY_MS), what="next day"))
+    assert swept.fallback == "missing_forecast"
+    assert all(decided_in(run_settings, sku, monday) for sku in weekly)  # not due again within their week
+
+
 def test_readiness_tells_the_truth(run_settings: Settings, tmp_path: Path, read_auth: dict[str, str]) -> None:
     """200 with the fallback state while the loop runs with its partitions; 503 with the reason once the consumer
     holds none, and once the loop's thread is gone."""
