@@ -515,6 +515,11 @@ def test_with_the_forecaster_stopped_the_agent_decides_on_daily_windows_and_both
         purchases.day_ms = day + DAY_MS  # the next simulated day: purchases move the agent's clock on
         second = until(lambda: decided(day + DAY_MS), GRACE_S + 30, "every SKU decided for the second day")
         until(lambda: set(FORECAST_ALERTS) <= fired, 30, "both alerts firing")
+        loaded = prom.http.get("/api/v1/rules").json()["data"]["groups"]
+        health = {r["name"]: r["health"] for group in loaded for r in group["rules"]}
+        assert all(health[name] == "ok" for name in FORECAST_ALERTS), health
+        forecast_age = [q for q in panel_queries() if "newest_forecast" in q.expr or "forecast_max_age" in q.expr]
+        assert forecast_age and all(prom.query(q.expr)["data"]["result"] for q in forecast_age), forecast_age
 
         for last in first + second:
             assert last.fallback == "missing_forecast", last
