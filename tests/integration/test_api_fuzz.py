@@ -123,8 +123,10 @@ def seed_history(settings: Settings, skus: list[str], now_ms: int) -> None:
         )
 
 
-def seed_inventory(settings: Settings, skus: list[str], now_ms: int) -> None:
+def seed_inventory(settings: Settings, skus: list[str], corrupt_sku: str, now_ms: int) -> None:
+    """Inventory states, and a corrupt one (the API must say so, not crash; not fuzzed: a 503 by design)."""
     redis = connect_redis(settings.redis_url)
+    redis.set(inventory_key(corrupt_sku), b'{"sku": "not a state", "on_hand": "NaN"')
     for index, sku in enumerate(skus):
         pipeline = [
             Outstanding(decision_id=f"{sku}:{now_ms}", qty=12, ordered_period_ms=now_ms, eta_ms=now_ms, eta_step=1)
@@ -152,7 +154,7 @@ def apis(
     forecast_skus = [f"FZ-F{i}-{run}" for i in range(6)]
     agent_skus = [f"FZ-A{i}-{run}" for i in range(6)]
     seed_history(scoped, forecast_skus, now_ms)
-    seed_inventory(scoped, agent_skus, now_ms)
+    seed_inventory(scoped, agent_skus, f"FZ-CORRUPT-{run}", now_ms)
     registry = train_small_model(tmp_path_factory.mktemp("fuzz-registry"))
     forecaster_config = ForecasterSettings(registry=registry.root, group_id=f"it-fuzz-{run}", jit=False)
     write_auth = {"Authorization": f"Bearer {WRITE_KEY}"}
@@ -283,6 +285,10 @@ def test_right_read_key_reads_a_seeded_sku(apis: dict[str, Api], read_auth: dict
             assert client.get(f"{path}{sku}", headers=read_auth).json()["sku"] == sku
             refused = client.get(f"{path}{sku}")
             assert refused.status_code == 401 and sku not in refused.text
+            if service == "agent":
+                corrupt_sku = api.skus[0].replace("FZ-A0-", "FZ-CORRUPT-")
+                corrupt = client.get(f"{path}{corrupt_sku}", headers=read_auth)
+                assert corrupt.status_code == 503 and corrupt.json()["error"]["code"] == "corrupt_state", corrupt.text
 
 
 def test_every_operation_is_fuzzed(apis: dict[str, Api]) -> None:

@@ -15,11 +15,12 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError, create_model
 
 from shelfcast.contracts import SKU_PATTERN
 from shelfcast.http import UNAUTHORIZED, ApiError, ErrorResponse, read_key_check, service_app
@@ -27,10 +28,30 @@ from shelfcast.settings import Settings, get_settings
 from shelfcast.store import connect_redis
 from shelfcast_agent.monitoring import REQUEST_SECONDS
 from shelfcast_agent.online import AgentLoop, load_policy
-from shelfcast_agent.settings import AgentSettings, SkuCatalog
+from shelfcast_agent.settings import AgentSettings, SkuCatalog, SkuParams
 from shelfcast_agent.state import InventoryState, inventory_key
 
 log = logging.getLogger(__name__)
+
+
+class ForecastSummary(BaseModel):
+    start: int
+    freq: str
+    issued_at: int
+    model: str
+    model_version: str
+
+
+# What GET /v1/inventory/{sku} answers: the stored state, the forecast in brief, and the derived figures.
+_STORED: dict[str, Any] = {n: (f.annotation, f) for n, f in InventoryState.model_fields.items() if n != "forecast"}
+InventoryView = create_model(
+    "InventoryView",
+    **_STORED,
+    forecast=(ForecastSummary | None, None),
+    on_order=(float, ...),
+    inventory_position=(float, ...),
+    params=(SkuParams, ...),
+)
 
 
 def create_app(settings: Settings | None = None, config: AgentSettings | None = None, stream: bool = True) -> FastAPI:
@@ -68,11 +89,15 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
 
     @app.get(
         "/v1/inventory/{sku}",
+        response_model=InventoryView,
         responses={
             401: UNAUTHORIZED,
             404: {"model": ErrorResponse, "description": "the agent has no state for this SKU"},
             422: {"description": "not a valid SKU"},
-            503: {"model": ErrorResponse, "description": "Redis unavailable"},
+            503: {
+                "model": ErrorResponse,
+                "description": "Redis unavailable, or the SKU's stored state is corrupt (the loop resets it)",
+            },
         },
         summary="The inventory state of one SKU",
     )
@@ -83,7 +108,12 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
             raise ApiError(503, "redis_unavailable", str(exc), headers={"Retry-After": "1"}) from None
         if raw is None:
             raise ApiError(404, "unknown_sku", f"the agent has no inventory state for SKU {sku!r}")
-        state = InventoryState.model_validate_json(raw)
+        try:
+            state = InventoryState.model_validate_json(raw)
+        except ValidationError:
+            raise ApiError(
+                503, "corrupt_state", f"the stored state of SKU {sku!r} is corrupt; its next record resets it"
+            ) from None
         body = state.model_dump(mode="json", exclude={"forecast"})
         body["on_order"] = state.on_order
         body["inventory_position"] = state.inventory_position
