@@ -266,6 +266,19 @@ def test_readiness_tells_the_truth(run_settings: Settings, tmp_path: Path, read_
         assert answer.status_code == 503 and answer.json()["reason"] == "decision loop stopped"
 
 
+def open_to_resend(redis_client: Any, keys: Keys, loop: AgentLoop) -> tuple[set[str], set[str]]:
+    """The unconfirmed decisions, and those of them the recovery may resend: not in flight (the producer still
+    holds every one of them while the broker is stopped). A decision recorded but not yet handed to the producer
+    is briefly in the second set: asked a few times, only a lasting one counts."""
+    for _ in range(5):
+        unconfirmed = {i.decode() for i in cast(list[bytes], redis_client.zrange(keys.pending, 0, -1))}
+        exposed = unconfirmed - set(loop._inflight)
+        if not exposed:
+            break
+        time.sleep(0.05)
+    return unconfirmed, exposed
+
+
 @pytest.fixture()
 def own_broker(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, int]]:
     """A broker of this test only (it gets paused), with the session's Redis; its settings and PID."""
@@ -310,13 +323,12 @@ def test_a_broker_paused_longer_than_the_flush_timeout_mid_stream_duplicates_no_
                 loop.go.set()
                 try:
                     time.sleep(1.5 * config.flush_timeout_s)
-                    unconfirmed = {i.decode() for i in cast(list[bytes], redis_client.zrange(keys.pending, 0, -1))}
-                    held = set(loop._inflight)  # what the producer still holds: never up for recovery
+                    unconfirmed, exposed = open_to_resend(redis_client, keys, loop)
                     time.sleep(1.5 * config.flush_timeout_s)
                 finally:
                     os.kill(pid, signal.SIGCONT)
                 assert unconfirmed, "the pause came after the period's decisions were confirmed"
-                assert unconfirmed <= held, f"unconfirmed, held by the producer, open to a resend: {unconfirmed - held}"
+                assert not exposed, f"unconfirmed, still held by the producer, yet open to a resend: {exposed}"
             wait_for(partial(decided, configured, skus, period, all), 120, f"period {index} decided")
         wait_for(lambda: redis_client.zcard(keys.pending) == 0, 120, "every decision confirmed")
         assert loop.decisions_made == len(skus) * len(periods)
