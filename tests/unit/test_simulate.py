@@ -1,6 +1,10 @@
+import datetime
 import time
 
-from shelfcast_ingest.simulate import paced_batches
+from shelfcast.pipeline import HISTORY_DAYS, START
+from shelfcast.settings import Settings
+from shelfcast_ingest.simulate import days_ahead_of_the_clock, paced_batches
+from shelfcast_ingest.storefront import StorefrontConfig
 
 
 def events(n: int, step_ms: int) -> list[dict]:
@@ -21,3 +25,22 @@ def test_paced_batches_follow_simulated_time() -> None:
     assert 0.18 <= elapsed < 1.0
     assert len(batches) > 1
     assert sum(len(b) for b in batches) == 21
+
+
+def test_days_ahead_of_the_clock_counts_only_days_ending_past_the_skew() -> None:
+    now_ms = 1_767_225_600_000 + 10 * 86_400_000  # 2026-01-11T00:00Z
+    config = StorefrontConfig(skus=1, days=12, start=datetime.date(2026, 1, 1))
+    assert days_ahead_of_the_clock(config, now_ms, max_clock_skew_s=300) == 2  # Jan 11 and Jan 12
+    assert days_ahead_of_the_clock(config, now_ms, max_clock_skew_s=2 * 86_400) == 0  # a raised skew lets them in
+    assert days_ahead_of_the_clock(StorefrontConfig(skus=1, days=10), now_ms, max_clock_skew_s=0) == 0
+
+
+def test_the_demo_and_the_simulator_defaults_replay_the_past() -> None:
+    """`shelfcast demo` (40 days from START, the forecaster's history before it) and `simulate storefront`
+    (60 days from 2026-01-01) never run ahead of the wall clock, so the future_ts guards never hit them."""
+    now_ms = int(time.time() * 1000)
+    skew = Settings().max_clock_skew_s
+    demo = StorefrontConfig(skus=1, days=40, start=START)
+    history = StorefrontConfig(skus=1, days=HISTORY_DAYS, start=START - datetime.timedelta(days=HISTORY_DAYS))
+    simulator = StorefrontConfig(skus=1, days=60)
+    assert [days_ahead_of_the_clock(c, now_ms, skew) for c in (demo, history, simulator)] == [0, 0, 0]

@@ -108,6 +108,14 @@ def write_history(storefront: Storefront, path: Path) -> None:
         history.to_csv(path, index=False)
 
 
+def days_ahead_of_the_clock(config: StorefrontConfig, now_ms: int, max_clock_skew_s: int) -> int:
+    """How many of the simulated days end more than the allowed skew after `now_ms`. Their events would be
+    rejected by ingest and dead-lettered by the features job as `future_ts`: replays are of the past."""
+    first_ms = int(datetime.datetime.combine(config.start, datetime.time(), datetime.UTC).timestamp() * 1000)
+    latest_ms = now_ms + max_clock_skew_s * 1000
+    return sum(1 for d in range(config.days) if first_ms + (d + 1) * DAY_MS > latest_ms)
+
+
 def simulate_storefront(
     skus: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
     days: Annotated[int, typer.Option(min=1, max=3_650)] = 60,
@@ -138,6 +146,13 @@ def simulate_storefront(
         console.print(f"daily history of {skus} SKUs x {days} days written to {history}")
     if target is Target.none:
         return
+    skew_s = get_settings().max_clock_skew_s
+    ahead = days_ahead_of_the_clock(config, int(time.time() * 1000), skew_s)
+    if ahead:
+        console.print(
+            f"[yellow]warning:[/] the last {ahead} simulated days are ahead of this machine's clock: ingest rejects"
+            f" and the features job dead-letters their events as future_ts (SHELFCAST_MAX_CLOCK_SKEW_S={skew_s})"
+        )
     sender = _sender(target, url, api_key)
     sent = 0
     first_ms = int(datetime.datetime.combine(config.start, datetime.time(), datetime.UTC).timestamp() * 1000)
