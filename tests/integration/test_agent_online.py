@@ -456,6 +456,7 @@ def test_future_dated_records_and_unknown_skus_are_dead_lettered(run_settings: S
             (topics.forecasts, forecast(sku, today + 3 * DAY_MS)),
             (topics.forecasts, forecast(sku, today + DAY_MS)),
             (topics.events, purchase(stranger, 1)),
+            (topics.events, purchase(stranger, 1, "view").model_copy(update={"ts": hour_ahead})),  # ignored
         ],
     )
     loop = AgentLoop(connect_redis(run_settings.redis_url), run_settings, config)

@@ -440,7 +440,10 @@ class AgentLoop:
 
     def _implausible(self, record: Contract, now: int) -> str | None:
         """Why a valid record is dead-lettered anyway: a SKU not in the parameter file (`unknown_sku`), or a time
-        beyond this process's clock + `max_clock_skew_s` (`future_ts`; a forecast may start one period later)."""
+        beyond this process's clock + `max_clock_skew_s` (`future_ts`; a forecast may start one period later).
+        Views, clicks and carts move no stock here: they are ignored, never dead-lettered."""
+        if isinstance(record, Event) and record.type not in ("purchase", "return"):
+            return None
         sku = cast(Any, record).sku
         if self.config.unknown_sku == "dead_letter" and not self.catalog.knows(sku):
             return f"unknown_sku: {sku} is not in the SKU parameter file (SHELFCAST_AGENT_UNKNOWN_SKU=dead_letter)"
@@ -449,7 +452,7 @@ class AgentLoop:
             clock = clock_for(record.freq, self.config.review_periods)
             limit = clock.step_start(clock.step(horizon) + 1)
             return _future("forecast start", record.start, limit, "clock + skew + one period")
-        if isinstance(record, Event) and record.type in ("purchase", "return"):
+        if isinstance(record, Event):
             return _future(f"{record.type} ts", record.ts, horizon, "clock + skew")
         if isinstance(record, Receipt):
             return _future("receipt received_at", record.received_at, horizon, "clock + skew")
@@ -538,7 +541,7 @@ class AgentLoop:
                     counts[source, "corrupt_state"] += 1
                     continue
                 state, prior = states[sku], triggers.get(sku)
-                snapshot = state.snapshot()
+                snapshot, clock_before = state.snapshot(), (clock_period, clock_freq, newest_forecast, newest_event)
                 try:
                     if isinstance(record, Forecast):
                         touched.add(sku)
@@ -581,6 +584,7 @@ class AgentLoop:
                 except Exception as exc:  # this record is a dead letter; the state is as it was before it
                     log.exception("applying %s record at %s failed", source, _where(msg))
                     states[sku] = snapshot
+                    clock_period, clock_freq, newest_forecast, newest_event = clock_before
                     if prior is None:
                         triggers.pop(sku, None)
                     else:
