@@ -490,16 +490,21 @@ class ScoringLoop:
             log.warning("could not clear the batch in hand at shutdown: its next attempt counts one crash more")
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each partition given to this consumer where the ledger says the last finished batch ended (the
-        committed offset where it has none, or when Redis does not answer)."""
+        """Start each partition given to this consumer where the ledger says the last finished batch ended, when
+        that is past the committed offset. A partition without a committed offset starts as Kafka says: its topic
+        may have started afresh (the embedded broker keeps nothing across restarts), and a ledger offset from before
+        would skip its records. Without Redis or the committed offsets, it starts at the committed offset."""
         try:
             resume = self.ledger.resume_at((str(p.topic), int(p.partition)) for p in partitions)
-        except redis.RedisError as exc:
-            log.warning("Redis away when partitions were assigned (%s): starting at the committed offsets", exc)
-            resume = {}
+            committed = {(str(c.topic), int(c.partition)): c.offset for c in consumer.committed(partitions, 10)}
+        except (redis.RedisError, KafkaException) as exc:
+            log.warning("partitions assigned, but the ledger could not be checked (%s): starting at the commits", exc)
+            resume, committed = {}, {}
         for p in partitions:
-            if (offset := resume.get((str(p.topic), int(p.partition)))) is not None:
-                p.offset = offset
+            where = (str(p.topic), int(p.partition))
+            ledger, kafka = resume.get(where), committed.get(where, -1)
+            if ledger is not None and 0 <= kafka < ledger:
+                p.offset = ledger
         consumer.assign(partitions)
 
     def _commit(self, offsets: list[TopicPartition] | None = None) -> None:
