@@ -26,7 +26,7 @@ from shelfcast_forecaster.app import create_app
 from shelfcast_forecaster.live_quality import score_windows
 from shelfcast_forecaster.registry import SAVED_MODEL, ModelRegistry
 from shelfcast_forecaster.scoring import MIN_HISTORY
-from shelfcast_forecaster.service import ForecastService, ScoringLoop, cache_key
+from shelfcast_forecaster.service import BatchLedger, ForecastService, ScoringLoop, cache_key
 from shelfcast_forecaster.settings import ForecasterSettings
 from shelfcast_forecaster.train import train_and_publish
 
@@ -583,3 +583,19 @@ def test_paused_broker_under_the_scoring_loop_loses_nothing_and_publishes_nothin
     finally:
         os.kill(broker.pid, signal.SIGCONT)
         broker.stop()
+
+
+def test_batch_ledger_skips_only_what_was_in_hand_in_two_crashes(run_settings: Settings) -> None:
+    client = connect_redis(run_settings.redis_url)
+    ledger = BatchLedger(client, f"it-ledger-{uuid.uuid4().hex[:6]}")
+    p0, p1 = ("features", 0), ("features", 1)
+    assert ledger.begin({p0: (10, 20), p1: (5, 6)}) == {}
+    assert ledger.begin({p0: (10, 15), p1: (5, 9)}) == {}  # the first died; the second starts at the same offsets
+    assert ledger.begin({p0: (10, 30), p1: (5, 9)}) == {p0: (10, 15), p1: (5, 6)}  # in hand in both crashes
+    ledger.done({p0: (10, 30)})
+    assert ledger.resume_at([p0, p1]) == {p0: 31}
+    assert ledger.begin({p0: (31, 40)}) == {}  # a new start counts afresh
+    ledger.forget([p0])  # a stop, not a crash
+    assert ledger.begin({p0: (31, 40)}) == {} and ledger.begin({p0: (31, 40)}) == {}
+    client.hset(ledger.inflight_key, "features:1", "not:an:entry")
+    assert ledger.begin({p1: (5, 9)}) == {}  # an entry that does not parse counts afresh
