@@ -2,14 +2,17 @@
 learned-policy hook, SKU parameters and the state's bookkeeping."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
-from shelfcast.contracts import Event, Receipt
+from shelfcast.contracts import MAX_UNITS, Event, Forecast, Receipt
 from shelfcast_agent.decide import (
     DemandError,
     PeriodClock,
@@ -361,3 +364,37 @@ def test_totals_of_a_state_that_does_not_parse_raise_corrupt_state(raw: bytes) -
         StockTotals.of_json(raw, 1.0)
     with pytest.raises(CorruptState, match="not finite"):
         StockTotals.of_json(b'{"on_hand": "inf"}', 1.0)
+
+
+UNITS = st.floats(min_value=0, max_value=MAX_UNITS, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.tuples(UNITS, UNITS, UNITS), min_size=1, max_size=14),
+    position=st.floats(min_value=-1e6, max_value=1e8),
+    lead=st.integers(min_value=1, max_value=4),
+    recent=st.floats(min_value=0, max_value=1e6),
+    service_level=st.none() | st.floats(min_value=0.01, max_value=0.999),
+)
+def test_any_contract_valid_forecast_gives_a_bounded_order(
+    steps: list[tuple[float, float, float]], position: float, lead: int, recent: float, service_level: float | None
+) -> None:
+    """Whatever quantiles the contract lets through, capped base-stock and the recent-demand guard give a finite
+    order-up-to level and an order within max_order and the guard's limit: no DemandError without an overflow."""
+    lows, mids, highs = zip(*(sorted(step) for step in steps), strict=True)
+    forecast = Forecast(
+        sku="A",
+        issued_at=1795506300000,
+        model="m",
+        model_version="1",
+        horizon=len(steps),
+        freq="D",
+        start=1795564800000,
+        quantiles={"p10": list(lows), "p50": list(mids), "p90": list(highs)},
+    )
+    sku = params(lead_time=lead, service_level=service_level)
+    plan = capped_base_stock(position, forecast.quantiles, sku)
+    assert math.isfinite(plan.order_up_to) and 0 <= plan.qty <= sku.max_order
+    guarded = cap_to_recent_demand(plan, sku, recent, 10.0, 100)
+    assert 0 <= guarded.qty <= max(10.0 * recent, 100) and guarded.qty <= plan.qty
