@@ -301,14 +301,17 @@ def test_poison_forecasts_amid_good_ones_are_dead_lettered_and_the_good_skus_dec
     good = [f"G{i}-{run}" for i in range(4)]
     bad = f"Z-{run}"
     skus: dict[str, dict] = {s: {"initial_on_hand": 0} for s in good} | {bad: {"holding_cost": 0.0}}
-    config = agent_config(tmp_path, skus)
+    config = agent_config(tmp_path, skus, missing_forecast_grace_s=0.5)
     topics = run_settings.topics
+    swept = {"source": "sweep", "outcome": "decision_failed"}
+    sweep_failures = metric_value("shelfcast_agent_records_consumed_total", swept)
     overflow = forecast(good[0], D0).model_dump() | {"quantiles": {"p50": [1e300] * 7}}
     nan = forecast(good[1], D0).to_bytes().replace(b"[5.0,", b"[NaN,", 1)
     assert b"NaN" in nan
     send(
         run_settings,
         [
+            (topics.events, purchase(bad, 2)),
             (topics.forecasts, forecast(good[0], D0)),
             (topics.forecasts, json.dumps(overflow).encode()),
             (topics.forecasts, forecast(good[1], D0)),
@@ -333,6 +336,8 @@ def test_poison_forecasts_amid_good_ones_are_dead_lettered_and_the_good_skus_dec
             assert decided.period_ms == D0 and decided.qty > 0
         state = state_of(run_settings, bad)
         assert state is not None and state.last_decision is None and state.forecast is None  # nothing kept of it
+        # undecided, the sweep tries it on its sales rate; that fails too (no record to dead-letter): counted
+        wait_for(lambda: metric_value("shelfcast_agent_records_consumed_total", swept) > sweep_failures, 10, "sweep")
         send(run_settings, [(topics.forecasts, forecast(good[3], D0 + DAY_MS))])  # the loop goes on
         wait_for(partial(last_decision, run_settings, good[3]), what="a decision after the poison")
         assert thread.is_alive() and not died

@@ -29,7 +29,7 @@ ORDER_UNITS = Counter("shelfcast_agent_orders_units", "Units ordered on shelfcas
 BUDGET_CUTS = Counter("shelfcast_agent_budget_cut", "Orders cut down to fit the budget per period")
 RECORDS = Counter(
     "shelfcast_agent_records_consumed",
-    "Records consumed, by source (forecast, event, receipt) and outcome",
+    "Records consumed, by source (forecast, event, receipt; sweep: its own failed decisions) and outcome",
     ["source", "outcome"],
 )
 STATE_SKUS = Gauge("shelfcast_agent_state_skus", "SKUs with inventory state in Redis")

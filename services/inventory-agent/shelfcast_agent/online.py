@@ -609,6 +609,8 @@ class AgentLoop:
                 if trigger.message is not None:
                     letters.append((trigger.message, why))
                     counts["forecast", "decision_failed"] += 1
+                else:  # the sweep's: no record to dead-letter; it is tried again at the next sweep
+                    counts["sweep", "decision_failed"] += 1
             touched |= set(triggers) | set(corrupt)
 
             if letters:  # at-least-once: acknowledged before the offsets that skip them are stored
