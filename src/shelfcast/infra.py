@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from shelfcast.errors import InfraUnavailable, ShelfcastError
 from shelfcast.kafka import check_kafka, ensure_topics, first_broker_address
-from shelfcast.settings import Settings
+from shelfcast.settings import Settings, redacted_url
 from shelfcast.store import connect_redis
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -221,7 +221,7 @@ class Infra:
             kafka["ok"] = True
         except InfraUnavailable as exc:
             kafka.update(ok=False, error=str(exc))
-        redis_status: dict[str, Any] = {"url": self.settings.redis_url}
+        redis_status: dict[str, Any] = {"url": redacted_url(self.settings.redis_url)}
         try:
             connect_redis(self.settings.redis_url).close()
             redis_status["ok"] = True

@@ -76,6 +76,15 @@ def url_with_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
+def redacted_url(url: str) -> str:
+    """The URL as logs, errors and model cards may show it: any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def _load_keys(listed: list[SecretStr], file: Path | None) -> set[str]:
     keys = {k.get_secret_value() for k in listed}
     if file is not None:

@@ -15,6 +15,7 @@ import redis
 
 from shelfcast.contracts import FeatureWindow
 from shelfcast.errors import InfraUnavailable
+from shelfcast.settings import redacted_url
 
 KEY_PREFIX = "sc:feat:"
 
@@ -29,7 +30,7 @@ def connect_redis(url: str, timeout: float = 3.0) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise InfraUnavailable(f"Redis unreachable at {url}: {exc}") from None
+        raise InfraUnavailable(f"Redis unreachable at {redacted_url(url)}: {exc}") from None
     return client
 
 

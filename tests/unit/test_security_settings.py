@@ -8,9 +8,11 @@ import redis
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from shelfcast.errors import ShelfcastError
+from shelfcast.errors import InfraUnavailable, ShelfcastError
 from shelfcast.http import ApiError, bearer_key_check, read_key_check
-from shelfcast.settings import Settings
+from shelfcast.infra import free_port
+from shelfcast.settings import Settings, redacted_url
+from shelfcast.store import connect_redis
 
 
 def request_with(authorization: bytes | None) -> Request:
@@ -81,3 +83,15 @@ def test_redis_password_from_a_file_goes_into_the_url(tmp_path: Path) -> None:
     assert settings.redis_url == "redis://:s3cr%3Aet%2F%40pw@redis:6379/0"
     assert redis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs["password"] == "s3cr:et/@pw"
     assert Settings(redis_url="redis://redis:6379/0").redis_url == "redis://redis:6379/0"
+
+
+def test_a_redis_password_never_shows_in_urls_for_people() -> None:
+    assert redacted_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert redacted_url("redis://bob:s3cret@redis:6379/0") == "redis://bob:***@redis:6379/0"
+    assert redacted_url("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_an_unreachable_redis_error_does_not_carry_its_password() -> None:
+    with pytest.raises(InfraUnavailable) as raised:
+        connect_redis(f"redis://:s3cret@127.0.0.1:{free_port()}/0", timeout=0.5)
+    assert "s3cret" not in str(raised.value) and ":***@127.0.0.1" in str(raised.value)

@@ -177,7 +177,7 @@ def _training_data(
         return _load(data, layout, dataset)
     if data is not None or dataset is not None:
         raise typer.BadParameter("give exactly one of --data, --dataset or --from-redis")
-    from shelfcast.settings import get_settings
+    from shelfcast.settings import get_settings, redacted_url
     from shelfcast.store import FeatureStore, connect_redis
     from shelfcast_forecaster.scoring import feature_store_history
     from shelfcast_forecaster.settings import ForecasterSettings
@@ -186,7 +186,7 @@ def _training_data(
     store = FeatureStore(connect_redis(settings.redis_url))
     depth = ForecasterSettings().history_windows
     history = feature_store_history(store, str(from_redis), depth, exogenous)
-    return history, f"{settings.redis_url} {from_redis} windows"
+    return history, f"{redacted_url(settings.redis_url)} {from_redis} windows"
 
 
 @app.command("serve")
