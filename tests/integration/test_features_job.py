@@ -22,7 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 from shelfcast.contracts import DeadLetter, Event, FeatureWindow
-from shelfcast.infra import ManagedProcess, start_service
+from shelfcast.infra import ManagedProcess, free_port, start_kafka, start_service
 from shelfcast.kafka import ensure_topics, make_consumer, make_producer
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import FeatureStore, connect_redis, feature_key
@@ -352,3 +352,80 @@ def test_a_future_dated_event_neither_moves_event_time_nor_reaches_a_window(job:
     assert job.redis_windows(future_skus) == {}
     on_topic = [FeatureWindow.from_bytes(v) for v in job.read_topic(job.topics.features)]
     assert on_topic and all(w.window_end < horizon and w.sku not in future_skus for w in on_topic)
+
+
+# Longer than the window writer's flush timeout (30 s) and the Kafka clients' request timeout (30 s).
+PAUSE_S = 45
+BULK_SKUS = 600
+BULK_FIRST_MINUTE, BULK_MINUTES = 11, 7  # after phase A's events (up to T0+10m), so none of them is late
+
+
+def bulk_minutes(stream: Stream) -> list[list[bytes]]:
+    """One view per SKU and minute, T0+11m..T0+18m: thousands of 1-minute windows that close at once, so
+    the window writer is still busy when the broker is paused. Sent a minute at a time: each send waits for
+    the broker's acks, so no minute can land in a partition after a later one (that would make it late)."""
+    return [
+        [
+            stream.event(f"bulk-{k}-{m}", "view", f"B{k}", T0 + (BULK_FIRST_MINUTE + m) * MINUTE + 500)
+            for k in range(BULK_SKUS)
+        ]
+        for m in range(BULK_MINUTES)
+    ]
+
+
+def test_a_broker_paused_mid_stream_still_ends_exact(settings: Settings, tmp_path: Path) -> None:
+    """The broker process stopped (SIGSTOP) for PAUSE_S while the job writes windows, then continued:
+    every window in Redis and on the features topic still equals the reference. A broker of its own, so
+    that pausing it cannot disturb the other tests."""
+    broker = start_kafka(free_port(), tmp_path / "kafka")
+    job = FeaturesJob(settings.model_copy(update={"kafka_bootstrap": broker.address}), tmp_path / "state")
+    try:
+        stream = Stream(prefix=f"p{uuid.uuid4().hex[:6]}")
+        job.start()
+        phase_a = on_time_events(stream)
+        probe_a = [v for v, _ in probe(stream, "PA1", T0 + 6 * MINUTE)]
+        job.send(phase_a[:150] + probe_a)
+        job.wait_for_window(f"{stream.prefix}-S0", "1m")
+        job.send(phase_a[150:])
+        minutes = bulk_minutes(stream)
+        for minute in minutes:
+            job.send(minute)
+        bulk = [raw for minute in minutes for raw in minute]
+        advance = probe(stream, "PB", T0 + 18 * MINUTE) + probe(stream, "ADV", T0 + 20 * MINUTE + OUT_OF_ORDERNESS + 1)
+        job.send(advance)
+        bulk_skus = [f"{stream.prefix}-B{k}" for k in range(BULK_SKUS)]
+        deadline = time.monotonic() + 120
+        while minute_windows(job, bulk_skus) == 0:  # the writer has begun on the bulk's windows
+            assert time.monotonic() < deadline, f"no bulk window in Redis; log: {job.log_tail()}"
+            time.sleep(0.05)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2)
+            in_redis_early = minute_windows(job, bulk_skus)
+            time.sleep(PAUSE_S - 2)
+            in_redis_late = minute_windows(job, bulk_skus)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        # Paused mid-write (the writer needs about 2 s for the bulk here), and the writer waited for the broker
+        # (backpressure) instead of writing on past windows the broker had not acknowledged.
+        assert 0 < in_redis_late < len(bulk)
+        assert in_redis_late == in_redis_early
+        job.wait_for_window(f"{stream.prefix}-PB-0", "1m", timeout=300)
+        late, end = late_events(stream), probe(stream, "END", T0 + 3 * DAY)
+        job.send(late)
+        job.send(end)
+        watermark_b = T0 + 20 * MINUTE + 1
+        played = [(raw, 0) for raw in phase_a + probe_a + bulk + [v for v, _ in advance]]
+        played += [(raw, watermark_b) for raw in late] + [(v, watermark_b) for v, _ in end]
+        check(job, played)
+    finally:
+        job.stop()
+        broker.stop()
+
+
+def minute_windows(job: FeaturesJob, skus: list[str]) -> int:
+    """How many 1-minute windows of `skus` Redis holds."""
+    pipe = job.redis.pipeline(transaction=False)
+    for sku in skus:
+        pipe.zcard(feature_key(sku, "1m"))
+    return sum(pipe.execute())
