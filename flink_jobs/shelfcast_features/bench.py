@@ -214,7 +214,8 @@ def _report(
         "events": events,
         "skus": skus,
         "granularities": job.granularities,
-        "steady_state_events_per_s": round((done90 - done10) / (t90 - t10)),
+        # None: one checkpoint's commit covered 10-90% of the backlog, too small to time (raise --events).
+        "steady_state_events_per_s": round((done90 - done10) / (t90 - t10)) if t90 > t10 else None,
         "startup_s": round(first, 1),
         "backlog_done_s": round(samples[-1][0], 1),
         "cpu_s_startup_and_backlog": cpu,
