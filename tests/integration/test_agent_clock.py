@@ -8,36 +8,31 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from fastapi.testclient import TestClient
 
 from shelfcast.contracts import Event, FeatureWindow, Forecast, Reorder
 from shelfcast.infra import free_port, start_kafka
-from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
+from shelfcast.kafka import ensure_topics, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import FeatureStore, connect_redis
 from shelfcast_agent.app import create_app
 from shelfcast_agent.decide import decision_id
 from shelfcast_agent.online import AgentLoop, Decided
 from shelfcast_agent.settings import AgentSettings
-from shelfcast_agent.state import DecisionRecord, InventoryState, Keys, LastDecision, inventory_key
+from shelfcast_agent.state import DecisionRecord, Keys, LastDecision
+from tests.integration.test_agent_online import read_all, state_of, uid, wait_for
 
 pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
 D0 = 1_768_435_200_000  # 2026-01-15, a simulated (past) day
 FLAT = {"p10": [2.0] * 7, "p50": [5.0] * 7, "p90": [8.0] * 7}
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def topics_for(settings: Settings) -> Settings:
@@ -93,21 +88,6 @@ def send(settings: Settings, topic: str, records: list[Event] | list[Forecast]) 
     assert producer.flush(10) == 0
 
 
-def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def state_of(settings: Settings, sku: str) -> InventoryState | None:
-    raw = connect_redis(settings.redis_url).get(inventory_key(sku))
-    return InventoryState.model_validate_json(cast(bytes, raw)) if raw else None
-
-
 def decided_in(settings: Settings, sku: str, period: int) -> LastDecision | None:
     state = state_of(settings, sku)
     last = state.last_decision if state is not None else None
@@ -119,23 +99,7 @@ def decided(settings: Settings, skus: list[str], period: int, how: Callable[[Ite
 
 
 def reorders_on(settings: Settings) -> list[Reorder]:
-    topic = settings.topics.reorders
-    consumer = make_consumer(settings, f"it-read-{uid()}", **{"enable.partition.eof": True})
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-    remaining, found = set(meta.partitions), []
-    deadline = time.monotonic() + 30
-    while remaining and time.monotonic() < deadline:
-        msg = consumer.poll(0.2)
-        if msg is None:
-            continue
-        if msg.error() is not None:
-            remaining.discard(msg.partition())
-            continue
-        found.append(Reorder.from_bytes(msg.value()))
-    consumer.close()
-    assert not remaining, f"{topic} not read to its end"
-    return found
+    return [Reorder.from_bytes(v) for v in read_all(settings, settings.topics.reorders, timeout=30)]
 
 
 class HeldLoop(AgentLoop):

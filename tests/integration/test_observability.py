@@ -32,14 +32,14 @@ from typing import Any, cast
 import httpx
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from shelfcast.contracts import Event, FeatureWindow, Forecast, Reorder
 from shelfcast.infra import ManagedProcess, free_port, start_service
-from shelfcast.kafka import ensure_topics, make_consumer, make_producer, produce
+from shelfcast.kafka import ensure_topics, make_producer, produce
 from shelfcast.settings import Settings, TopicNames
 from shelfcast.store import FeatureStore, connect_redis
 from shelfcast_agent.state import InventoryState, LastDecision, inventory_key
+from tests.integration.test_agent_online import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -405,22 +405,7 @@ def quick_rules(work: Path, window: str) -> Path:
 
 
 def reorders_on(settings: Settings, topic: str) -> list[Reorder]:
-    consumer = make_consumer(settings, f"it-obs-read-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-    remaining, found = set(meta.partitions), []
-    deadline = time.monotonic() + 20
-    while remaining and time.monotonic() < deadline:
-        msg = consumer.poll(0.2)
-        if msg is None:
-            continue
-        if msg.error() is not None:
-            remaining.discard(msg.partition())
-            continue
-        found.append(Reorder.from_bytes(msg.value()))
-    consumer.close()
-    assert not remaining, f"{topic} not read to its end"
-    return found
+    return [Reorder.from_bytes(v) for v in read_all(settings, topic)]
 
 
 class Purchases:
