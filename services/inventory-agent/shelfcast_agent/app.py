@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import redis
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, create_model
 
 from shelfcast.contracts import SKU_PATTERN
 from shelfcast.http import UNAUTHORIZED, ApiError, ErrorResponse, read_key_check, service_app
@@ -29,7 +29,7 @@ from shelfcast.store import connect_redis
 from shelfcast_agent.monitoring import REQUEST_SECONDS
 from shelfcast_agent.online import AgentLoop, load_policy
 from shelfcast_agent.settings import AgentSettings, SkuCatalog, SkuParams
-from shelfcast_agent.state import InventoryState, inventory_key
+from shelfcast_agent.state import CorruptState, InventoryState, inventory_key, parse_state
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def create_app(settings: Settings | None = None, config: AgentSettings | None = 
         if raw is None:
             raise ApiError(404, "unknown_sku", f"the agent has no inventory state for SKU {sku!r}")
         try:
-            state = InventoryState.model_validate_json(raw)
-        except ValidationError:
+            state = parse_state(sku, raw)
+        except CorruptState:
             raise ApiError(
                 503, "corrupt_state", f"the stored state of SKU {sku!r} is corrupt; its next record resets it"
             ) from None
