@@ -3,6 +3,7 @@
 Nested values use a double underscore: `SHELFCAST_TOPICS__EVENTS=my.events`.
 """
 
+import time
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -58,6 +59,12 @@ class Settings(BaseSettings):
         if self.redis_password_file is not None:
             self.redis_url = url_with_password(self.redis_url, self.redis_password_file.read_text().strip())
         return self
+
+    def latest_plausible_ms(self, now_ms: int | None = None) -> int:
+        """The latest record time (epoch ms) taken as real at `now_ms` (default: this process's clock): anything
+        later is `future_ts`."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return now + self.max_clock_skew_s * 1000
 
     def load_api_keys(self) -> set[str]:
         """Keys from `SHELFCAST_API_KEYS` and, when set, `SHELFCAST_API_KEYS_FILE` (blank lines and # ignored)."""

@@ -574,12 +574,12 @@ class ScoringLoop:
 
     def _future(self, window: FeatureWindow) -> str | None:
         """`FUTURE_TS` with the detail when the window ends further ahead of this clock than the allowed skew."""
-        skew_s = self.settings.max_clock_skew_s
-        ahead_s = (window.window_end - time.time() * 1000) / 1000
-        if ahead_s <= skew_s:
+        now_ms = int(time.time() * 1000)
+        if window.window_end <= self.settings.latest_plausible_ms(now_ms):
             return None
+        ahead_s = (window.window_end - now_ms) / 1000
         end = datetime.fromtimestamp(window.window_end / 1000, UTC).isoformat()
         return (
             f"{FUTURE_TS}: window_end {end} is {ahead_s:.0f} s ahead of the forecaster's clock "
-            f"(SHELFCAST_MAX_CLOCK_SKEW_S = {skew_s})"
+            f"(SHELFCAST_MAX_CLOCK_SKEW_S = {self.settings.max_clock_skew_s})"
         )

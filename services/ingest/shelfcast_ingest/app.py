@@ -6,7 +6,6 @@ acks=all producer and the response waits for the broker's acknowledgement of eve
 2xx means durable. Invalid events are listed, by index, with the field and the reason.
 """
 
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -201,7 +200,7 @@ def create_app(settings: Settings | None = None, ingest: IngestSettings | None =
     )
     async def post_events(request: Request, _auth: Annotated[None, Depends(require_api_key)]) -> Response:
         body = await _read_body(request, ingest.max_body_bytes)
-        max_ts_ms = int(time.time() * 1000) + settings.max_clock_skew_s * 1000
+        max_ts_ms = settings.latest_plausible_ms()
         content_type = request.headers.get("content-type", "application/json")
         accepted, rejected = _validate_request(body, content_type, max_ts_ms)
         received = len(accepted) + len(rejected)

@@ -447,7 +447,7 @@ class AgentLoop:
         sku = cast(Any, record).sku
         if self.config.unknown_sku == "dead_letter" and not self.catalog.knows(sku):
             return f"unknown_sku: {sku} is not in the SKU parameter file (SHELFCAST_AGENT_UNKNOWN_SKU=dead_letter)"
-        horizon = now + self.settings.max_clock_skew_s * 1000
+        horizon = self.settings.latest_plausible_ms(now)
         if isinstance(record, Forecast):
             clock = clock_for(record.freq, self.config.review_periods)
             limit = clock.step_start(clock.step(horizon) + 1)
@@ -1192,7 +1192,7 @@ class AgentLoop:
 
     def _not_ahead(self, ms: int, now: int) -> bool:
         """A record's time may move the decision clock only up to the shared skew ahead of this process's clock."""
-        return ms <= now + self.settings.max_clock_skew_s * 1000
+        return ms <= self.settings.latest_plausible_ms(now)
 
     def _clock_update(
         self, clock: dict[str, str], period: int, freq: str | None, newest_event: int, newest_forecast: int, now: int
